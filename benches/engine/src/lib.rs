@@ -1,0 +1,1 @@
+//! Benchmarks of kv-engine (see benches/).

@@ -1,0 +1,104 @@
+//! Internal keys: user key followed by an 8-byte trailer `seq << 8 | kind`
+//! (big-endian). Internal keys sort by user key ascending, then by trailer
+//! descending, so the newest version of a key comes first.
+
+use std::cmp::Ordering;
+
+use bytes::Bytes;
+
+/// Largest sequence number (56 bits).
+pub(crate) const MAX_SEQ: u64 = (1 << 56) - 1;
+pub(crate) const TRAILER_LEN: usize = 8;
+
+/// What an internal entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Delete = 0,
+    Put = 1,
+}
+
+/// Builds an internal key.
+pub(crate) fn make(user_key: &[u8], seq: u64, kind: Kind) -> Vec<u8> {
+    let mut v = Vec::with_capacity(user_key.len() + TRAILER_LEN);
+    v.extend_from_slice(user_key);
+    v.extend_from_slice(&((seq << 8) | kind as u64).to_be_bytes());
+    v
+}
+
+/// The smallest internal key for `user_key` visible at `seq`: entries with
+/// sequence <= `seq` sort at or after it.
+pub(crate) fn lookup(user_key: &[u8], seq: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(user_key.len() + TRAILER_LEN);
+    v.extend_from_slice(user_key);
+    v.extend_from_slice(&((seq << 8) | 0xff).to_be_bytes());
+    v
+}
+
+/// Splits an internal key. `None` if it is too short or has an unknown kind.
+pub(crate) fn parse(ikey: &[u8]) -> Option<(&[u8], u64, Kind)> {
+    let split = ikey.len().checked_sub(TRAILER_LEN)?;
+    let (user, trailer) = ikey.split_at(split);
+    let t = u64::from_be_bytes(trailer.try_into().ok()?);
+    let kind = match t & 0xff {
+        0 => Kind::Delete,
+        1 => Kind::Put,
+        _ => return None,
+    };
+    Some((user, t >> 8, kind))
+}
+
+/// The user-key part; the whole slice if it is too short to hold a trailer.
+pub(crate) fn user_key(ikey: &[u8]) -> &[u8] {
+    &ikey[..ikey.len().saturating_sub(TRAILER_LEN)]
+}
+
+fn trailer(ikey: &[u8]) -> u64 {
+    let n = ikey.len();
+    if n < TRAILER_LEN {
+        return 0;
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&ikey[n - TRAILER_LEN..]);
+    u64::from_be_bytes(b)
+}
+
+/// Total order on internal keys.
+pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
+    user_key(a)
+        .cmp(user_key(b))
+        .then_with(|| trailer(b).cmp(&trailer(a)))
+}
+
+/// An owned internal key ordered by [`compare`], used as the memtable's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InternalKey(pub(crate) Bytes);
+
+impl Ord for InternalKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        compare(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for InternalKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_user_key_then_newest_first() {
+        let a1 = make(b"a", 1, Kind::Put);
+        let a2 = make(b"a", 2, Kind::Put);
+        let ab = make(b"ab", 1, Kind::Put);
+        assert_eq!(compare(&a2, &a1), Ordering::Less);
+        assert_eq!(compare(&a1, &ab), Ordering::Less);
+        assert_eq!(compare(&lookup(b"a", 1), &a1), Ordering::Less);
+        assert_eq!(compare(&lookup(b"a", 1), &a2), Ordering::Greater);
+        assert_eq!(parse(&a2), Some((&b"a"[..], 2, Kind::Put)));
+        assert_eq!(parse(b"short"), None);
+    }
+}

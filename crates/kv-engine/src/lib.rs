@@ -1,0 +1,68 @@
+//! `kv-engine`: an embeddable LSM-tree key-value storage engine.
+//!
+//! ```no_run
+//! use kv_engine::{Db, WriteBatch};
+//! # fn main() -> Result<(), kv_engine::Error> {
+//! let db = Db::open("data/")?;
+//! db.put(b"user:1", b"Jane")?;
+//! assert_eq!(db.get(b"user:1")?.as_deref(), Some(&b"Jane"[..]));
+//! let mut batch = WriteBatch::new();
+//! batch.put(b"a", b"1");
+//! batch.delete(b"user:1");
+//! db.write(batch)?; // atomic, also across a crash
+//! for item in db.scan(b"a".as_slice()..b"z".as_slice())? {
+//!     let (key, value) = item?;
+//!     println!("{key:?} = {value:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `wal`: write-ahead log segments of CRC-checked records, group commit.
+//! - `memtable`: the in-memory sorted buffer (crossbeam-skiplist).
+//! - `sstable`: immutable sorted tables (data blocks with restart points,
+//!   index block, bloom filter, checksummed footer), read through `mmap`.
+//! - `manifest` / `version`: the set of live tables as a log of edits with an
+//!   atomically replaced `CURRENT` pointer.
+//! - `compaction`: leveled background compaction.
+//! - `db`: the [`Db`] handle that ties the parts together.
+//!
+//! On disk a database directory holds `LOCK`, `CURRENT`, `MANIFEST-NNNNNN`,
+//! `NNNNNN.log` (one WAL segment per memtable) and `NNNNNN.sst` files.
+//!
+//! # Limits
+//!
+//! Keys and values are at most 4 GiB − 1 bytes each (in practice keep keys
+//! small). Sequence numbers are 56 bits. There is no block cache: tables are
+//! memory-mapped and the OS page cache serves reads. No compression.
+#![deny(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+mod batch;
+mod coding;
+mod compaction;
+mod db;
+mod error;
+mod filename;
+mod iterator;
+mod key;
+mod manifest;
+mod memtable;
+mod mmap;
+mod options;
+mod record;
+mod sstable;
+mod stats;
+mod version;
+mod wal;
+
+pub use batch::WriteBatch;
+pub use db::{Db, DbIterator, Snapshot};
+pub use error::{Error, Result};
+pub use options::{Options, SyncMode};
+pub use stats::{LevelStats, Stats};
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

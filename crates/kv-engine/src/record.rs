@@ -1,0 +1,170 @@
+//! Framing of the records of write-ahead-log segments and the manifest.
+//!
+//! A record is `[len: u32 LE][crc32(len bytes): u32 LE][crc32(payload): u32 LE][payload]`.
+//! The header has its own checksum so that a damaged length is told apart from
+//! a torn tail: only damage a crash can produce is accepted as a torn tail.
+//!
+//! A torn tail is (a) fewer bytes than a header at the end, (b) only zero
+//! bytes from some record start to the end, (c) a valid header whose payload
+//! runs past the end, or (d) a valid header whose payload checksum fails when
+//! it is the very last record of the file. Anything else is corruption.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+pub(crate) const HEADER_LEN: usize = 12;
+/// Largest payload a record may carry.
+pub(crate) const MAX_PAYLOAD: usize = u32::MAX as usize - HEADER_LEN;
+
+pub(crate) fn encode(buf: &mut Vec<u8>, payload: &[u8]) {
+    let len = (payload.len() as u32).to_le_bytes();
+    buf.extend_from_slice(&len);
+    buf.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// The records of one file, in order.
+#[derive(Debug)]
+pub(crate) struct Records<'a> {
+    /// `(offset of the record, payload)`.
+    pub(crate) records: Vec<(u64, &'a [u8])>,
+    /// Where a torn tail begins, if there is one.
+    pub(crate) torn_at: Option<u64>,
+}
+
+/// Parses all records of `data` (the contents of `path`).
+///
+/// # Errors
+///
+/// [`Error::Corruption`] naming `path` and the offset of the bad record when
+/// the damage is not a torn tail, or when it is one and `allow_torn_tail` is
+/// false.
+pub(crate) fn parse_all<'a>(
+    path: &Path,
+    data: &'a [u8],
+    allow_torn_tail: bool,
+) -> Result<Records<'a>> {
+    let mut records = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        match parse_one(data, pos) {
+            Parsed::Ok(payload, next) => {
+                records.push((pos as u64, payload));
+                pos = next;
+            }
+            Parsed::Torn(why) => {
+                if allow_torn_tail {
+                    return Ok(Records {
+                        records,
+                        torn_at: Some(pos as u64),
+                    });
+                }
+                return Err(Error::corruption(
+                    path,
+                    pos as u64,
+                    format!("incomplete record ({why})"),
+                ));
+            }
+            Parsed::Corrupt(why) => return Err(Error::corruption(path, pos as u64, why)),
+        }
+    }
+    Ok(Records {
+        records,
+        torn_at: None,
+    })
+}
+
+enum Parsed<'a> {
+    Ok(&'a [u8], usize),
+    Torn(&'static str),
+    Corrupt(String),
+}
+
+fn parse_one(data: &[u8], pos: usize) -> Parsed<'_> {
+    let rest = &data[pos..];
+    match parse_at(rest, pos) {
+        Parsed::Corrupt(_) if rest.iter().all(|&b| b == 0) => Parsed::Torn("zero-filled tail"),
+        other => other,
+    }
+}
+
+fn parse_at(rest: &[u8], pos: usize) -> Parsed<'_> {
+    let (Some(len_b), Some(hcrc), Some(pcrc)) = (
+        rest.get(0..4),
+        crate::coding::u32_at(rest, 4),
+        crate::coding::u32_at(rest, 8),
+    ) else {
+        return Parsed::Torn("header cut short");
+    };
+    if crc32fast::hash(len_b) != hcrc {
+        return Parsed::Corrupt("record header checksum mismatch".into());
+    }
+    let len = u32::from_le_bytes([len_b[0], len_b[1], len_b[2], len_b[3]]) as usize;
+    let Some(payload) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Parsed::Torn("payload cut short");
+    };
+    let got = crc32fast::hash(payload);
+    if got != pcrc {
+        if HEADER_LEN + len == rest.len() {
+            return Parsed::Torn("last record's payload checksum mismatch");
+        }
+        return Parsed::Corrupt(format!(
+            "record payload checksum mismatch (expected {pcrc:#010x}, got {got:#010x})"
+        ));
+    }
+    Parsed::Ok(payload, pos + HEADER_LEN + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for p in payloads {
+            encode(&mut buf, p);
+        }
+        buf
+    }
+
+    #[test]
+    fn every_truncation_keeps_a_prefix() {
+        let data = file(&[b"one", b"two-two", b"three"]);
+        for cut in 0..=data.len() {
+            let r =
+                parse_all(Path::new("t"), &data[..cut], true).expect("truncation is a torn tail");
+            let got: Vec<&[u8]> = r.records.iter().map(|(_, p)| *p).collect();
+            let want: Vec<&[u8]> = [&b"one"[..], b"two-two", b"three"]
+                .into_iter()
+                .take(got.len())
+                .collect();
+            assert_eq!(got, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn middle_damage_is_corruption_and_names_offset() {
+        let data = file(&[b"one", b"two-two", b"three"]);
+        let second = HEADER_LEN + 3;
+        for i in second..second + HEADER_LEN + 7 {
+            let mut d = data.clone();
+            d[i] ^= 0x10;
+            match parse_all(Path::new("wal"), &d, true) {
+                Err(Error::Corruption { offset, .. }) => assert_eq!(offset, second as u64),
+                other => panic!("flip at {i}: expected corruption, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_tail_is_torn() {
+        let mut data = file(&[b"one"]);
+        data.extend_from_slice(&[0u8; 100]);
+        let r = parse_all(Path::new("t"), &data, true).expect("zeros are a torn tail");
+        assert_eq!(r.records.len(), 1);
+        assert_eq!(r.torn_at, Some((HEADER_LEN + 3) as u64));
+        assert!(parse_all(Path::new("t"), &data, false).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! Writes a table file from entries given in sorted order.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::block::BlockBuilder;
+use super::{FOOTER_LEN, MAGIC, TableMeta, bloom};
+use crate::error::{IoContext, Result};
+use crate::key;
+use crate::options::Options;
+
+/// Builds one SSTable. Call [`TableBuilder::finish`] to complete and fsync it.
+#[derive(Debug)]
+pub struct TableBuilder {
+    out: BufWriter<File>,
+    path: PathBuf,
+    number: u64,
+    offset: u64,
+    data: BlockBuilder,
+    index: BlockBuilder,
+    block_size: usize,
+    bloom_bits: usize,
+    hashes: Vec<u64>,
+    last_user_key: Vec<u8>,
+    smallest: Vec<u8>,
+    entries: u64,
+    max_seq: u64,
+}
+
+impl TableBuilder {
+    /// Creates table file `number` at `path`.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be created.
+    pub fn create(path: &Path, number: u64, opts: &Options) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .ctx(path)?;
+        Ok(TableBuilder {
+            out: BufWriter::with_capacity(256 << 10, file),
+            path: path.to_path_buf(),
+            number,
+            offset: 0,
+            data: BlockBuilder::new(opts.block_restart_interval),
+            index: BlockBuilder::new(1),
+            block_size: opts.block_size,
+            bloom_bits: opts.bloom_bits_per_key,
+            hashes: Vec::new(),
+            last_user_key: Vec::new(),
+            smallest: Vec::new(),
+            entries: 0,
+            max_seq: 0,
+        })
+    }
+
+    /// Appends an entry; internal keys must come in increasing order.
+    ///
+    /// # Errors
+    ///
+    /// Writing a finished block failed.
+    pub(crate) fn add(&mut self, ikey: &[u8], value: &[u8]) -> Result<()> {
+        if self.entries == 0 {
+            self.smallest = ikey.to_vec();
+        }
+        let uk = key::user_key(ikey);
+        if self.entries == 0 || uk != self.last_user_key.as_slice() {
+            self.hashes.push(bloom::hash(uk));
+            self.last_user_key.clear();
+            self.last_user_key.extend_from_slice(uk);
+        }
+        if let Some((_, seq, _)) = key::parse(ikey) {
+            self.max_seq = self.max_seq.max(seq);
+        }
+        self.data.add(ikey, value);
+        self.entries += 1;
+        if self.data.size_estimate() >= self.block_size {
+            self.flush_data_block()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (an estimate of the final size).
+    pub fn estimated_size(&self) -> u64 {
+        self.offset + self.data.size_estimate() as u64
+    }
+
+    fn write_block(&mut self, block: &[u8]) -> Result<(u64, u64)> {
+        let at = self.offset;
+        self.out.write_all(block).ctx(&self.path)?;
+        self.out
+            .write_all(&crc32fast::hash(block).to_le_bytes())
+            .ctx(&self.path)?;
+        self.offset += block.len() as u64 + 4;
+        Ok((at, block.len() as u64))
+    }
+
+    fn flush_data_block(&mut self) -> Result<()> {
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        let last = self.data.last_key().to_vec();
+        let block = self.data.finish();
+        let (off, len) = self.write_block(&block)?;
+        let mut handle = Vec::with_capacity(12);
+        handle.extend_from_slice(&off.to_le_bytes());
+        handle.extend_from_slice(&(len as u32).to_le_bytes());
+        self.index.add(&last, &handle);
+        Ok(())
+    }
+
+    /// Writes the filter, index and footer, fsyncs the file and returns its
+    /// metadata. The caller must fsync the directory before naming the file
+    /// in the manifest.
+    ///
+    /// # Errors
+    ///
+    /// Any write or the fsync failed.
+    pub fn finish(mut self) -> Result<TableMeta> {
+        let largest = self.data.last_key().to_vec();
+        let largest = if largest.is_empty() {
+            self.last_index_key()
+        } else {
+            largest
+        };
+        self.flush_data_block()?;
+        let filter = if self.bloom_bits > 0 {
+            bloom::build(&self.hashes, self.bloom_bits)
+        } else {
+            Vec::new()
+        };
+        let (bloom_off, bloom_len) = self.write_block(&filter)?;
+        let index = self.index.finish();
+        let (index_off, index_len) = self.write_block(&index)?;
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        for v in [bloom_off, bloom_len, index_off, index_len, self.entries] {
+            footer.extend_from_slice(&v.to_le_bytes());
+        }
+        footer.extend_from_slice(&crc32fast::hash(&footer).to_le_bytes());
+        footer.extend_from_slice(&MAGIC.to_le_bytes());
+        self.out.write_all(&footer).ctx(&self.path)?;
+        self.offset += footer.len() as u64;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| crate::Error::io(&self.path, e.into_error()))?;
+        file.sync_all().ctx(&self.path)?;
+        Ok(TableMeta {
+            number: self.number,
+            size: self.offset,
+            smallest: self.smallest,
+            largest,
+            entries: self.entries,
+            max_seq: self.max_seq,
+        })
+    }
+
+    fn last_index_key(&self) -> Vec<u8> {
+        self.index.last_key().to_vec()
+    }
+}

@@ -1,0 +1,21 @@
+//! Sorted string tables: immutable files of sorted internal keys.
+//!
+//! ```text
+//! [data block][crc32] ... [bloom filter][crc32] [index block][crc32] [footer]
+//! footer = bloom_off u64 | bloom_len u64 | index_off u64 | index_len u64
+//!          | entries u64 | crc32 of the previous 40 bytes u32 | magic u64
+//! ```
+//! Index entries map the last key of each data block to `offset u64 | len u32`.
+//! Every block's checksum is verified the first time it is read.
+
+mod block;
+pub(crate) mod bloom;
+mod builder;
+mod table;
+
+pub use builder::TableBuilder;
+pub(crate) use table::TableIter;
+pub use table::{Table, TableMeta};
+
+pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5631; // "FlashKV1"
+pub(crate) const FOOTER_LEN: usize = 5 * 8 + 4 + 8;

@@ -1,0 +1,1 @@
+//! Length-prefixed protobuf framing over TCP and peer links (built in a later change).

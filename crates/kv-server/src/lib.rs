@@ -1,0 +1,1 @@
+//! The FlashKV node: engine + raft + network wired together (built in a later change).
