@@ -24,7 +24,7 @@ use crate::compaction::{self, Compaction};
 use crate::error::{Error, IoContext, Result};
 use crate::filename::{self, FileKind};
 use crate::iterator::{InternalIterator, LevelIter, MemIter, MergeIter};
-use crate::key::{self, Kind, MAX_SEQ};
+use crate::key::{self, InternalKey, Kind, MAX_SEQ};
 use crate::manifest::{self, Manifest, VersionEdit};
 use crate::memtable::MemTable;
 use crate::options::{Options, SyncMode};
@@ -816,16 +816,17 @@ impl Inner {
     fn get_at(&self, key: &[u8], seq: u64) -> Result<Option<Bytes>> {
         stats::add(&self.counters.gets, 1);
         let sv = self.current();
-        if let Some(r) = sv.mem.get(key, seq) {
+        let probe = InternalKey(Bytes::from(key::lookup(key, seq)));
+        if let Some(r) = sv.mem.get(&probe) {
             return Ok(r);
         }
         for m in &sv.imms {
-            if let Some(r) = m.get(key, seq) {
+            if let Some(r) = m.get(&probe) {
                 return Ok(r);
             }
         }
         let mut ls = LookupStats::default();
-        let r = sv.version.get(key, seq, &mut ls);
+        let r = sv.version.get(&probe.0, &mut ls);
         stats::add(&self.counters.bloom_checks, ls.bloom_checks);
         stats::add(&self.counters.bloom_negatives, ls.bloom_negatives);
         Ok(r?.flatten())
@@ -905,7 +906,7 @@ impl Inner {
             if !Arc::ptr_eq(w, &me) {
                 let r = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(Error::Poisoned(e.to_string())),
+                    Err(e) => Err(e.duplicate()),
                 };
                 *w.result.lock() = Some(r);
             }
@@ -1111,15 +1112,10 @@ impl Inner {
                 version: Arc::new(svw.version.apply(&[], &added)),
             });
         }
-        let old_log = man.log_number;
         man.log_number = next_log;
         drop(man);
-        for n in old_log..next_log {
-            let p = filename::wal(&self.dir, n);
-            if p.exists() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
+        // The edit is durable: the frozen memtable's log is no longer needed.
+        let _ = std::fs::remove_file(filename::wal(&self.dir, imm.wal_number()));
         stats::add(&self.counters.flushes, 1);
         Ok(())
     }

@@ -50,6 +50,28 @@ impl Error {
         }
     }
 
+    /// A copy of this error for each writer of a failed commit group.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Error::Io { path, source } => Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => Error::Corruption {
+                file: file.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::Poisoned(s) => Error::Poisoned(s.clone()),
+            Error::InvalidArgument(s) => Error::InvalidArgument(s.clone()),
+        }
+    }
+
     pub(crate) fn corruption(
         file: impl AsRef<Path>,
         offset: u64,

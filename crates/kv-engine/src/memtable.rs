@@ -47,12 +47,12 @@ impl MemTable {
         );
     }
 
-    /// The newest entry for `user_key` with sequence <= `seq`:
-    /// `Some(Some(value))` for a put, `Some(None)` for a delete, `None` if the
-    /// memtable has no such entry.
-    pub(crate) fn get(&self, user_key: &[u8], seq: u64) -> Option<Option<Bytes>> {
-        let probe = InternalKey(Bytes::from(key::lookup(user_key, seq)));
-        let entry = self.map.lower_bound(Bound::Included(&probe))?;
+    /// The newest entry for the user key of `probe` (a lookup key from
+    /// [`key::lookup`]) visible at its sequence: `Some(Some(value))` for a
+    /// put, `Some(None)` for a delete, `None` if the memtable has no such entry.
+    pub(crate) fn get(&self, probe: &InternalKey) -> Option<Option<Bytes>> {
+        let user_key = key::user_key(&probe.0);
+        let entry = self.map.lower_bound(Bound::Included(probe))?;
         let (uk, _, kind) = key::parse(&entry.key().0)?;
         if uk != user_key {
             return None;
@@ -110,10 +110,11 @@ mod tests {
         m.insert(b"k", 3, Kind::Delete, b"");
         m.insert(b"k", 5, Kind::Put, b"v5");
         m.insert(b"ka", 2, Kind::Put, b"other");
-        assert_eq!(m.get(b"k", 0), None);
-        assert_eq!(m.get(b"k", 2), Some(Some(Bytes::from_static(b"v1"))));
-        assert_eq!(m.get(b"k", 4), Some(None));
-        assert_eq!(m.get(b"k", 9), Some(Some(Bytes::from_static(b"v5"))));
-        assert_eq!(m.get(b"j", 9), None);
+        let get = |k: &[u8], seq| m.get(&InternalKey(Bytes::from(key::lookup(k, seq))));
+        assert_eq!(get(b"k", 0), None);
+        assert_eq!(get(b"k", 2), Some(Some(Bytes::from_static(b"v1"))));
+        assert_eq!(get(b"k", 4), Some(None));
+        assert_eq!(get(b"k", 9), Some(Some(Bytes::from_static(b"v5"))));
+        assert_eq!(get(b"j", 9), None);
     }
 }

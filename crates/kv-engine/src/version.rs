@@ -75,15 +75,15 @@ impl Version {
         }
     }
 
-    /// Looks `user_key` up as of sequence `seq`: `Some(Some(v))` found,
-    /// `Some(None)` deleted, `None` not in any table.
+    /// Looks up the user key of `lookup` (from `key::lookup`) as of its
+    /// sequence: `Some(Some(v))` found, `Some(None)` deleted, `None` not in
+    /// any table.
     pub(crate) fn get(
         &self,
-        user_key: &[u8],
-        seq: u64,
+        lookup: &[u8],
         stats: &mut LookupStats,
     ) -> Result<Option<Option<Bytes>>> {
-        let lookup = key::lookup(user_key, seq);
+        let user_key = key::user_key(lookup);
         let hash = bloom::hash(user_key);
         let mut probe = |f: &FileHandle| -> Result<Option<Option<Bytes>>> {
             if user_key < f.meta.smallest_user_key() || user_key > f.meta.largest_user_key() {
@@ -94,7 +94,7 @@ impl Version {
                 stats.bloom_negatives += 1;
                 return Ok(None);
             }
-            Ok(f.table.get(&lookup)?.map(|(kind, v)| match kind {
+            Ok(f.table.get(lookup)?.map(|(kind, v)| match kind {
                 Kind::Put => Some(v),
                 Kind::Delete => None,
             }))
@@ -106,7 +106,7 @@ impl Version {
         }
         for level in &self.levels[1..] {
             let i =
-                level.partition_point(|f| key::compare(&f.meta.largest, &lookup) == Ordering::Less);
+                level.partition_point(|f| key::compare(&f.meta.largest, lookup) == Ordering::Less);
             if let Some(f) = level.get(i) {
                 if let Some(r) = probe(f)? {
                     return Ok(Some(r));
