@@ -1,0 +1,107 @@
+//! Tunables of the log store and the driver.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Options of a raft node and its log store. Start from [`Options::default`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Interval between two raft ticks.
+    pub tick_interval: Duration,
+    /// Ticks without hearing from a leader before a follower campaigns
+    /// (randomized in `[election_ticks, 2 * election_ticks)`).
+    pub election_ticks: usize,
+    /// Ticks between two leader heartbeats. Must be below `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot and compact the log once this many entries were
+    /// applied since the last snapshot.
+    pub snapshot_threshold: u64,
+    /// Start a new segment file once the active one is this large.
+    pub segment_bytes: u64,
+    /// Upper bound on the bytes of entries in one append message.
+    pub max_size_per_msg: u64,
+    /// Maximum number of in-flight append messages per follower.
+    pub max_inflight_msgs: usize,
+    /// At most this many requests are taken from the queue before a `Ready`
+    /// is handled; they share the `Ready`'s one fsync.
+    pub max_batch: usize,
+    /// How long a linearizable read may wait for its read index.
+    pub read_timeout: Duration,
+    /// Call `fsync` (`fdatasync`). Only tests and benchmarks of the
+    /// non-durable path turn this off.
+    pub sync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 3,
+            snapshot_threshold: 10_000,
+            segment_bytes: 64 << 20,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            max_batch: 1024,
+            read_timeout: Duration::from_secs(3),
+            sync: true,
+        }
+    }
+}
+
+impl Options {
+    /// Checks that the options are usable together.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] naming the first bad option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: &str| Err(Error::InvalidArgument(s.to_owned()));
+        if self.tick_interval.is_zero() {
+            return bad("tick_interval must be positive");
+        }
+        if self.heartbeat_ticks == 0 {
+            return bad("heartbeat_ticks must be positive");
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return bad("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.snapshot_threshold == 0 {
+            return bad("snapshot_threshold must be positive");
+        }
+        if self.segment_bytes < 4096 {
+            return bad("segment_bytes must be at least 4096");
+        }
+        if self.max_inflight_msgs == 0 {
+            return bad("max_inflight_msgs must be positive");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch must be positive");
+        }
+        if self.read_timeout.is_zero() {
+            return bad("read_timeout must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Options::default().validate().unwrap();
+    }
+
+    #[test]
+    fn election_must_exceed_heartbeat() {
+        let o = Options {
+            election_ticks: 3,
+            heartbeat_ticks: 3,
+            ..Options::default()
+        };
+        assert!(matches!(o.validate(), Err(Error::InvalidArgument(_))));
+    }
+}

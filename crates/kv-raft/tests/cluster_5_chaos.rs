@@ -1,0 +1,14 @@
+//! Five nodes, lossy network, partitions and restarts: safety and convergence.
+mod common;
+
+use std::time::Duration;
+
+#[test]
+fn five_nodes_under_faults() {
+    common::chaos(
+        &[1, 2, 3, 4, 5],
+        common::seed(),
+        Duration::from_secs(10),
+        3000,
+    );
+}
