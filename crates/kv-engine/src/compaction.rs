@@ -187,10 +187,9 @@ pub(crate) fn run(
                 && builder
                     .as_ref()
                     .is_some_and(|(b, _)| b.estimated_size() >= opts.target_file_size)
+                && let Some((b, path)) = builder.take()
             {
-                if let Some((b, path)) = builder.take() {
-                    outputs.push(finish(b, path, stats)?);
-                }
+                outputs.push(finish(b, path, stats)?);
             }
             if builder.is_none() {
                 let n = new_file_number();

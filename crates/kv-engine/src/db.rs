@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
-use std::ops::{Bound, RangeBounds};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +28,7 @@ use crate::key::{self, InternalKey, Kind, MAX_SEQ};
 use crate::manifest::{self, Manifest, VersionEdit};
 use crate::memtable::MemTable;
 use crate::options::{Options, SyncMode};
+use crate::range::{KeyRange, OwnedBounds};
 use crate::record;
 use crate::sstable::{Table, TableBuilder, TableIter};
 use crate::stats::{self, Counters, LevelStats, Stats};
@@ -229,10 +230,10 @@ impl Db {
     ///
     /// [`Error::Corruption`] when positioning the iterator reads a bad block;
     /// later errors come as items.
-    pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<DbIterator> {
+    pub fn scan(&self, range: impl KeyRange) -> Result<DbIterator> {
         self.inner.check_poison()?;
         let seq = self.inner.visible_seq.load(Ordering::Acquire);
-        self.inner.scan_at(bounds(&range), seq)
+        self.inner.scan_at(range.into_bounds(), seq)
     }
 
     /// Iterates over all keys in ascending order.
@@ -241,7 +242,7 @@ impl Db {
     ///
     /// As [`Db::scan`].
     pub fn iter(&self) -> Result<DbIterator> {
-        self.scan::<&[u8], _>(..)
+        self.scan(..)
     }
 
     /// Iterates over the keys that start with `prefix`.
@@ -413,9 +414,9 @@ impl Snapshot {
     /// # Errors
     ///
     /// As [`Db::scan`].
-    pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<DbIterator> {
+    pub fn scan(&self, range: impl KeyRange) -> Result<DbIterator> {
         self.inner.check_poison()?;
-        self.inner.scan_at(bounds(&range), self.seq)
+        self.inner.scan_at(range.into_bounds(), self.seq)
     }
 
     /// Iterates over all keys as they were when the snapshot was taken.
@@ -424,7 +425,7 @@ impl Snapshot {
     ///
     /// As [`Db::scan`].
     pub fn iter(&self) -> Result<DbIterator> {
-        self.scan::<&[u8], _>(..)
+        self.scan(..)
     }
 
     /// The sequence number the snapshot reads at.
@@ -443,17 +444,6 @@ impl Drop for Snapshot {
             }
         }
     }
-}
-
-type OwnedBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
-
-fn bounds<K: AsRef<[u8]>, R: RangeBounds<K>>(r: &R) -> OwnedBounds {
-    let own = |b: Bound<&K>| match b {
-        Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (own(r.start_bound()), own(r.end_bound()))
 }
 
 /// `[prefix, next prefix)`; unbounded above when the prefix is all 0xff.
@@ -495,11 +485,11 @@ impl Iterator for DbIterator {
 
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
-            if self.need_advance {
-                if let Err(e) = self.it.next() {
-                    self.done = true;
-                    return Some(Err(e));
-                }
+            if self.need_advance
+                && let Err(e) = self.it.next()
+            {
+                self.done = true;
+                return Some(Err(e));
             }
             self.need_advance = true;
             if !self.it.valid() {
@@ -986,7 +976,7 @@ impl Inner {
                 continue;
             }
             let full = sv.mem.approximate_size() >= self.opts.memtable_size;
-            if !full && !(force && !sv.mem.is_empty()) {
+            if !(full || (force && !sv.mem.is_empty())) {
                 return Ok(());
             }
             if sv.imms.len() >= self.opts.max_immutable_memtables || l0 >= self.opts.l0_stop_trigger

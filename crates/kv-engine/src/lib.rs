@@ -51,6 +51,7 @@ mod manifest;
 mod memtable;
 mod mmap;
 mod options;
+mod range;
 mod record;
 mod sstable;
 mod stats;
@@ -61,6 +62,7 @@ pub use batch::WriteBatch;
 pub use db::{Db, DbIterator, Snapshot};
 pub use error::{Error, Result};
 pub use options::{Options, SyncMode};
+pub use range::KeyRange;
 pub use stats::{LevelStats, Stats};
 
 #[doc = include_str!("../../../README.md")]

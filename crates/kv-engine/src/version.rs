@@ -107,10 +107,10 @@ impl Version {
         for level in &self.levels[1..] {
             let i =
                 level.partition_point(|f| key::compare(&f.meta.largest, lookup) == Ordering::Less);
-            if let Some(f) = level.get(i) {
-                if let Some(r) = probe(f)? {
-                    return Ok(Some(r));
-                }
+            if let Some(f) = level.get(i)
+                && let Some(r) = probe(f)?
+            {
+                return Ok(Some(r));
             }
         }
         Ok(None)

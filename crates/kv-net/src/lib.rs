@@ -1,1 +1,64 @@
-//! Length-prefixed protobuf framing over TCP and peer links (built in a later change).
+//! FlashKV networking: length-prefixed protobuf frames over TCP.
+//!
+//! # Wire format (SPEC section 6)
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes of
+//! one protobuf [`proto::Frame`] (`proto/flashkv.proto`, compiled at build time
+//! with pure-Rust codegen). A frame longer than [`Options::max_frame_length`]
+//! (16 MiB by default) is rejected from its length prefix, before it is
+//! buffered, and the connection is closed; a malformed frame closes the
+//! connection with an error and never panics.
+//!
+//! # Layout
+//!
+//! - [`frame`]: the codec ([`FrameCodec`]).
+//! - [`connection`]: a framed TCP connection ([`Connection`]) with buffered
+//!   writes, splittable into a reader and a writer.
+//! - [`server`]: [`Listener`] accepts connections (with a connection cap and
+//!   accept backoff) and serves each one: client requests go to a
+//!   [`Service`] concurrently (pipelining: responses are written as they
+//!   complete, matched by request id), peer frames go to the same service in
+//!   order. Graceful shutdown stops accepting and lets in-flight requests
+//!   finish for a bounded time.
+//! - [`client`]: [`ClientConn`], one pipelined client connection.
+//! - [`peer`]: [`PeerSender`], a lazily connected, reconnecting link to
+//!   another node that batches raft messages and drops them (reporting the
+//!   peer unreachable) while the link is down; [`send_snapshot`] streams a
+//!   snapshot in chunks.
+//!
+//! # Limits
+//!
+//! No TLS or authentication. Raft messages are opaque bytes here: this crate
+//! does not depend on raft-rs.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod connection;
+mod error;
+pub mod frame;
+mod options;
+pub mod peer;
+pub mod server;
+
+/// Generated protobuf messages of `proto/flashkv.proto` (package `flashkv`).
+///
+/// `bytes` fields are [`bytes::Bytes`], sliced from the received frame
+/// without copying.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
+    pub use self::flashkv::*;
+}
+
+pub use client::ClientConn;
+pub use connection::{Connection, FrameReader, FrameWriter};
+pub use error::{Error, Result};
+pub use frame::FrameCodec;
+pub use options::{DEFAULT_MAX_FRAME_LENGTH, Options};
+pub use peer::{PeerSender, send_snapshot};
+pub use server::{Listener, Service};
+
+/// Version sent in [`proto::Hello`]; bumped on incompatible wire changes.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,98 @@
+//! Tunables of connections, the listener and peer links.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default maximum frame length: 16 MiB (SPEC section 6).
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 16 << 20;
+
+/// Options shared by the listener, client connections and peer links.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Largest frame accepted or sent, length prefix excluded.
+    pub max_frame_length: usize,
+    /// At most this many connections are served at once; further ones wait
+    /// in the kernel's accept queue. `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Requests of one connection being handled or waiting to be written;
+    /// the connection is not read further while this many are pending.
+    pub max_in_flight_per_connection: usize,
+    /// On shutdown, how long in-flight requests may take before their
+    /// connections are closed anyway.
+    pub shutdown_grace: Duration,
+    /// Timeout of one TCP connect.
+    pub connect_timeout: Duration,
+    /// Raft messages queued for one peer while its link connects; more are
+    /// dropped and the peer is reported unreachable.
+    pub peer_queue_capacity: usize,
+    /// Most raft messages in one `PeerMessage` frame.
+    pub peer_max_batch: usize,
+    /// First delay before reconnecting a failed peer link; doubled on each
+    /// failure up to `peer_backoff_max`.
+    pub peer_backoff_initial: Duration,
+    /// Longest reconnect delay of a peer link.
+    pub peer_backoff_max: Duration,
+    /// Data bytes per `SnapshotChunk`.
+    pub snapshot_chunk_size: usize,
+    /// Set `TCP_NODELAY` on every connection (writes are batched by us).
+    pub nodelay: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            max_connections: Some(4096),
+            max_in_flight_per_connection: 4096,
+            shutdown_grace: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            peer_queue_capacity: 4096,
+            peer_max_batch: 512,
+            peer_backoff_initial: Duration::from_millis(50),
+            peer_backoff_max: Duration::from_secs(2),
+            snapshot_chunk_size: 1 << 20,
+            nodelay: true,
+        }
+    }
+}
+
+/// Room for the fields of a `SnapshotChunk` besides its data, which includes
+/// a raft `MsgSnapshot` with its metadata (conf state) but without its data.
+const CHUNK_OVERHEAD: usize = 4 << 10;
+
+impl Options {
+    /// Checks that every field is in range.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: &str| Err(Error::InvalidOptions(msg.to_owned()));
+        if self.max_frame_length < 1024 || self.max_frame_length > u32::MAX as usize {
+            return bad("max_frame_length must be between 1 KiB and 4 GiB - 1");
+        }
+        if self.max_connections == Some(0) {
+            return bad("max_connections must be at least 1");
+        }
+        if self.max_in_flight_per_connection == 0 {
+            return bad("max_in_flight_per_connection must be at least 1");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be positive");
+        }
+        if self.peer_queue_capacity == 0 || self.peer_max_batch == 0 {
+            return bad("peer_queue_capacity and peer_max_batch must be at least 1");
+        }
+        if self.peer_backoff_initial.is_zero() || self.peer_backoff_initial > self.peer_backoff_max
+        {
+            return bad("peer_backoff_initial must be positive and at most peer_backoff_max");
+        }
+        if self.snapshot_chunk_size == 0
+            || self.snapshot_chunk_size.saturating_add(CHUNK_OVERHEAD) > self.max_frame_length
+        {
+            return bad("snapshot_chunk_size must be positive and leave 4 KiB of max_frame_length");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+//! Links to other nodes: raft messages and snapshots.
+//!
+//! A [`PeerSender`] owns a background task holding at most one connection to
+//! the peer. It connects on the first message, sends a [`Hello`], then writes
+//! queued raft messages batched into `PeerMessage` frames (everything queued
+//! at once goes in one frame, up to `Options::peer_max_batch` messages and
+//! the frame size limit), flushing when the queue is empty. Raft tolerates
+//! lost messages, so the link never queues without bound: while the peer is
+//! unreachable (a connect failed or the connection broke, until the backoff
+//! delay has passed) and when the bounded queue is full, messages are dropped
+//! and the peer is reported unreachable through the callback, so raft can
+//! probe it instead of streaming to it. Reconnect delays grow exponentially
+//! from `peer_backoff_initial` to `peer_backoff_max` and reset on success.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::proto::{Frame, Hello, PeerMessage, SnapshotChunk, frame};
+
+/// Called with the peer's id when messages to it were dropped.
+pub type UnreachableFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Bytes a frame spends besides the messages' own bytes, per message and in
+/// all (ids, tags, lengths), with room to spare.
+const PER_MESSAGE_OVERHEAD: usize = 8;
+const FRAME_OVERHEAD: usize = 64;
+
+/// The sending side of a link to one peer. Dropping it stops the link.
+pub struct PeerSender {
+    to: u64,
+    tx: mpsc::Sender<Bytes>,
+    link: Arc<LinkState>,
+    on_unreachable: UnreachableFn,
+    task: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for PeerSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSender")
+            .field("to", &self.to)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Messages are dropped on arrival (backing off after a failure).
+    down: AtomicBool,
+    connected: AtomicBool,
+}
+
+impl Drop for PeerSender {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PeerSender {
+    /// Starts a link from node `from` to node `to` at `addr` (`host:port`).
+    /// Nothing is dialed before the first message. `on_unreachable` must not
+    /// block; it is called from [`PeerSender::send`] and from the link task.
+    /// Must be called within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`].
+    pub fn spawn(
+        from: u64,
+        to: u64,
+        addr: impl Into<String>,
+        options: &Options,
+        on_unreachable: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Self> {
+        options.validate()?;
+        let (tx, rx) = mpsc::channel(options.peer_queue_capacity);
+        let link = Arc::new(LinkState::default());
+        let on_unreachable: UnreachableFn = Arc::new(on_unreachable);
+        let task = Link {
+            from,
+            to,
+            addr: addr.into(),
+            options: options.clone(),
+            rx,
+            state: link.clone(),
+            on_unreachable: on_unreachable.clone(),
+        };
+        let task = tokio::spawn(task.run()).abort_handle();
+        Ok(PeerSender {
+            to,
+            tx,
+            link,
+            on_unreachable,
+            task,
+        })
+    }
+
+    /// The peer's id.
+    #[must_use]
+    pub fn peer_id(&self) -> u64 {
+        self.to
+    }
+
+    /// True while a connection to the peer is established.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.link.connected.load(Ordering::Relaxed)
+    }
+
+    /// Queues one serialized raft message without waiting. Returns false when
+    /// it was dropped instead (link down or queue full), in which case the
+    /// peer has been reported unreachable.
+    pub fn send(&self, raft_message: Bytes) -> bool {
+        if !self.link.down.load(Ordering::Relaxed) {
+            match self.tx.try_send(raft_message) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {}
+            }
+        }
+        (self.on_unreachable)(self.to);
+        false
+    }
+}
+
+/// The link task.
+struct Link {
+    from: u64,
+    to: u64,
+    addr: String,
+    options: Options,
+    rx: mpsc::Receiver<Bytes>,
+    state: Arc<LinkState>,
+    on_unreachable: UnreachableFn,
+}
+
+enum Ended {
+    /// The sender is gone.
+    Closed,
+    /// The connection failed.
+    Failed(Error),
+}
+
+impl Link {
+    async fn run(mut self) {
+        let mut backoff = self.options.peer_backoff_initial;
+        loop {
+            // Lazy: dial only when there is something to send.
+            let Some(first) = self.rx.recv().await else {
+                return;
+            };
+            let error = match Connection::connect(&self.addr, &self.options).await {
+                Ok(conn) => {
+                    backoff = self.options.peer_backoff_initial;
+                    self.state.connected.store(true, Ordering::Relaxed);
+                    let ended = self.run_connected(conn, first).await;
+                    self.state.connected.store(false, Ordering::Relaxed);
+                    match ended {
+                        Ended::Closed => return,
+                        Ended::Failed(e) => e,
+                    }
+                }
+                Err(e) => {
+                    drop(first);
+                    let delay = backoff;
+                    backoff = (backoff * 2).min(self.options.peer_backoff_max);
+                    tracing::debug!(peer = self.to, addr = %self.addr, error = %e, ?delay, "peer link down");
+                    if !self.back_off(delay).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            tracing::debug!(peer = self.to, addr = %self.addr, error = %error, "peer link broke");
+            if !self.back_off(self.options.peer_backoff_initial).await {
+                return;
+            }
+        }
+    }
+
+    /// Drops what is queued and what arrives for `delay`, reporting the peer
+    /// unreachable. False when the sender is gone.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        self.state.down.store(true, Ordering::Relaxed);
+        (self.on_unreachable)(self.to);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        let alive = loop {
+            tokio::select! {
+                () = &mut sleep => break true,
+                message = self.rx.recv() => {
+                    if message.is_none() {
+                        break false;
+                    }
+                    (self.on_unreachable)(self.to);
+                }
+            }
+        };
+        self.state.down.store(false, Ordering::Relaxed);
+        alive
+    }
+
+    async fn run_connected(&mut self, conn: Connection, first: Bytes) -> Ended {
+        let (mut reader, mut writer) = conn.into_split();
+        let mut hello = Hello::new();
+        hello.protocol_version = crate::PROTOCOL_VERSION;
+        hello.node_id = self.from;
+        let mut frame = Frame::new();
+        frame.set_hello(hello);
+        if let Err(e) = writer.feed_frame(frame).await {
+            return Ended::Failed(e);
+        }
+        let budget = self.options.max_frame_length - FRAME_OVERHEAD;
+        let mut carry = Some(first);
+        loop {
+            let first = match carry.take() {
+                Some(message) => message,
+                None => tokio::select! {
+                    message = self.rx.recv() => match message {
+                        Some(message) => message,
+                        None => {
+                            let _ = writer.shutdown().await;
+                            return Ended::Closed;
+                        }
+                    },
+                    // A peer never writes on this connection: anything read,
+                    // or its end, means the connection is unusable.
+                    read = reader.read_frame() => {
+                        let e = match read {
+                            Err(e) => e,
+                            Ok(_) => Error::Protocol("peer closed the connection".into()),
+                        };
+                        return Ended::Failed(e);
+                    }
+                },
+            };
+            if first.len() + PER_MESSAGE_OVERHEAD > budget {
+                tracing::warn!(
+                    peer = self.to,
+                    len = first.len(),
+                    "raft message over the frame limit dropped"
+                );
+                (self.on_unreachable)(self.to);
+                continue;
+            }
+            let mut size = first.len() + PER_MESSAGE_OVERHEAD;
+            let mut batch = vec![first];
+            while batch.len() < self.options.peer_max_batch {
+                let Ok(message) = self.rx.try_recv() else {
+                    break;
+                };
+                size += message.len() + PER_MESSAGE_OVERHEAD;
+                if size > budget {
+                    carry = Some(message);
+                    break;
+                }
+                batch.push(message);
+            }
+            let mut message = PeerMessage::new();
+            message.from = self.from;
+            message.to = self.to;
+            message.raft_messages = batch;
+            let mut frame = Frame::new();
+            frame.set_peer(message);
+            if let Err(e) = writer.feed_frame(frame).await {
+                return Ended::Failed(e);
+            }
+            if carry.is_none()
+                && self.rx.is_empty()
+                && let Err(e) = writer.flush().await
+            {
+                return Ended::Failed(e);
+            }
+        }
+    }
+}
+
+/// Streams a snapshot to the node at `addr` over a connection of its own:
+/// `data` is cut into `options.snapshot_chunk_size` chunks; the last chunk
+/// carries `raft_message` (the serialized raft `MsgSnapshot`). Returns the
+/// number of data bytes sent once the receiver has acknowledged the whole
+/// snapshot (its [`Service::snapshot_chunk`](crate::Service::snapshot_chunk)
+/// accepted every chunk). Bound it with `tokio::time::timeout`.
+///
+/// # Errors
+///
+/// [`Error::Connect`], [`Error::Io`] from `data` or the socket, and
+/// [`Error::Protocol`] when the receiver closes without acknowledging (for
+/// example because it refused a chunk).
+pub async fn send_snapshot(
+    addr: &str,
+    options: &Options,
+    from: u64,
+    to: u64,
+    snapshot_id: u64,
+    raft_message: Bytes,
+    mut data: impl AsyncRead + Unpin,
+) -> Result<u64> {
+    options.validate()?;
+    let (mut reader, mut writer) = Connection::connect(addr, options).await?.into_split();
+    let mut hello = Hello::new();
+    hello.protocol_version = crate::PROTOCOL_VERSION;
+    hello.node_id = from;
+    let mut frame = Frame::new();
+    frame.set_hello(hello);
+    writer.feed_frame(frame).await?;
+
+    let chunk_size = options.snapshot_chunk_size;
+    let mut offset = 0u64;
+    let mut current = read_chunk(&mut data, chunk_size).await?;
+    loop {
+        // Read ahead to know whether `current` is the last chunk.
+        let next = if current.len() < chunk_size {
+            Bytes::new()
+        } else {
+            read_chunk(&mut data, chunk_size).await?
+        };
+        let last = next.is_empty();
+        let mut chunk = SnapshotChunk::new();
+        chunk.from = from;
+        chunk.to = to;
+        chunk.snapshot_id = snapshot_id;
+        chunk.offset = offset;
+        offset += current.len() as u64;
+        chunk.data = current;
+        chunk.last = last;
+        if last {
+            chunk.raft_message = raft_message.clone();
+        }
+        let mut frame = Frame::new();
+        frame.set_snapshot_chunk(chunk);
+        writer.write_frame(frame).await?;
+        if last {
+            break;
+        }
+        current = next;
+    }
+    match reader.read_frame().await? {
+        Some(Frame {
+            body: Some(frame::Body::SnapshotChunk(ack)),
+            ..
+        }) if ack.last && ack.snapshot_id == snapshot_id => {
+            let _ = writer.shutdown().await;
+            Ok(offset)
+        }
+        Some(_) => Err(Error::Protocol("unexpected answer to a snapshot".into())),
+        None => Err(Error::Protocol(
+            "snapshot receiver closed the connection".into(),
+        )),
+    }
+}
+
+/// Reads up to `size` bytes, fewer only at the end of `data`.
+async fn read_chunk(data: &mut (impl AsyncRead + Unpin), size: usize) -> Result<Bytes> {
+    let mut buf = Vec::with_capacity(size);
+    while buf.len() < size {
+        let n = data
+            .take((size - buf.len()) as u64)
+            .read_to_end(&mut buf)
+            .await?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.into())
+}

@@ -1,0 +1,402 @@
+//! The listener and the per-connection handler.
+//!
+//! Structure after tokio-rs/mini-redis: [`Listener::run`] accepts connections
+//! (retrying accept errors with backoff, capped by a semaphore) and spawns a
+//! handler per connection. A handler reads frames: each client [`Request`] is
+//! handled in its own task so many are in flight at once, and a writer task
+//! sends responses as they complete, in completion order; the client matches
+//! them by id. Peer frames are handed to the [`Service`] in arrival order on
+//! the reading task, so a slow consumer slows that peer's connection down
+//! rather than queueing without bound.
+//!
+//! Shutdown: when the shutdown future completes the listener stops accepting
+//! (its socket is closed, so new connections are refused), every handler
+//! stops reading, lets its in-flight requests finish and their responses be
+//! written for at most [`Options::shutdown_grace`], then closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Connection, FrameWriter};
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::proto::{self, ErrorCode, Frame, PeerMessage, Request, Response, SnapshotChunk, frame};
+
+/// What a node does with the frames it receives.
+///
+/// Implementations are shared by all connections (`Arc<S>`).
+pub trait Service: Send + Sync + 'static {
+    /// Answers one client request. Called concurrently for the requests in
+    /// flight on a connection and across connections. The response's `id` is
+    /// set to the request's by the caller. A panic is answered with an
+    /// `INTERNAL` error whose outcome is unknown. The future may be dropped
+    /// before it completes (its connection failed, or shutdown outlived the
+    /// grace period), so it must be cancel-safe.
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+
+    /// Takes a batch of raft messages from a peer. Called in arrival order
+    /// for each connection; the connection is not read while this runs.
+    fn peer_message(&self, message: PeerMessage) -> impl Future<Output = ()> + Send {
+        drop(message);
+        async {}
+    }
+
+    /// Takes one chunk of a snapshot; chunks of one snapshot arrive in order
+    /// on one connection.
+    ///
+    /// # Errors
+    ///
+    /// An error message closes the connection, which the sender sees as a
+    /// failed transfer.
+    fn snapshot_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        drop(chunk);
+        async { Err("this node does not accept snapshots".to_owned()) }
+    }
+}
+
+/// Builds an error response.
+#[must_use]
+pub fn error_response(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
+    let mut error = proto::Error::new();
+    error.code = code.into();
+    error.message = message.into();
+    let mut response = Response::new();
+    response.id = id;
+    response.set_error(error);
+    response
+}
+
+/// A bound listen socket, ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    options: Arc<Options>,
+}
+
+impl Listener {
+    /// Binds `addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] for bad options, [`Error::Bind`] when the
+    /// address cannot be bound.
+    pub async fn bind(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        options: Options,
+    ) -> Result<Self> {
+        options.validate()?;
+        let shown = format!("{addr:?}");
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: shown.trim_matches('"').to_owned(),
+                source,
+            })?;
+        Ok(Listener {
+            listener,
+            options: Arc::new(options),
+        })
+    }
+
+    /// Serves on an already bound socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] for bad options.
+    pub fn from_tcp(listener: TcpListener, options: Options) -> Result<Self> {
+        options.validate()?;
+        Ok(Listener {
+            listener,
+            options: Arc::new(options),
+        })
+    }
+
+    /// The bound address (useful after binding port 0).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the socket has no address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Accepts and serves connections until `shutdown` completes, then shuts
+    /// down gracefully (see the module doc) and returns.
+    ///
+    /// Accept errors (e.g. out of file descriptors) are logged and retried
+    /// with backoff; they never end the server.
+    pub async fn run<S: Service>(self, service: Arc<S>, shutdown: impl Future<Output = ()>) {
+        let token = CancellationToken::new();
+        let limit = self
+            .options
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n)));
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = match &limit {
+                Some(limit) => tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                    permit = limit.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => break, // never closed
+                    },
+                },
+                None => None,
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                (stream, addr) = accept(&self.listener) => {
+                    let handler = Handler {
+                        service: service.clone(),
+                        options: self.options.clone(),
+                        shutdown: token.clone(),
+                        _permit: permit,
+                    };
+                    connections.spawn(async move {
+                        if let Err(e) = handler.run(stream).await {
+                            tracing::debug!(%addr, error = %e, "connection closed with an error");
+                        }
+                    });
+                }
+            }
+        }
+        // Closing the socket refuses new connections from here on.
+        drop(self.listener);
+        token.cancel();
+        let grace = self.options.shutdown_grace + Duration::from_millis(500);
+        let all_done = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period; aborting them");
+            connections.shutdown().await;
+        }
+    }
+}
+
+/// Accepts one connection, retrying failures with capped exponential
+/// backoff.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Serves one connection.
+struct Handler<S> {
+    service: Arc<S>,
+    options: Arc<Options>,
+    shutdown: CancellationToken,
+    /// Returned to the connection limit when the handler ends.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A frame to write; the permit, if any, is returned once it is written.
+type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
+
+impl<S: Service> Handler<S> {
+    async fn run(self, stream: TcpStream) -> Result<()> {
+        let (mut reader, writer) = Connection::new(stream, &self.options).into_split();
+        let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+        let max_frame_length = self.options.max_frame_length;
+        let mut writer = AbortOnDrop(tokio::spawn(write_responses(writer, rx, max_frame_length)));
+        // A permit is held from reading a request until its response is
+        // written: this bounds both the handler tasks and the responses
+        // waiting for a slow reader.
+        let in_flight = Arc::new(Semaphore::new(self.options.max_in_flight_per_connection));
+        let mut requests = JoinSet::new();
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                permit = in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed
+                },
+            };
+            let frame = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                done = &mut writer.0 => return writer_ended(done),
+                frame = reader.read_frame() => frame?,
+            };
+            // Reap finished request tasks so the set does not grow.
+            while requests.try_join_next().is_some() {}
+            let Some(frame) = frame else { break };
+            match frame.body {
+                Some(frame::Body::Request(request)) => {
+                    let service = self.service.clone();
+                    let tx = tx.clone();
+                    requests.spawn(async move {
+                        let response = answer(&*service, request).await;
+                        let mut frame = Frame::new();
+                        frame.set_response(response);
+                        // Fails only when the writer is gone, i.e. the
+                        // connection is being torn down.
+                        let _ = tx.send((frame, Some(permit)));
+                    });
+                }
+                Some(frame::Body::Peer(message)) => self.service.peer_message(message).await,
+                Some(frame::Body::SnapshotChunk(chunk)) => {
+                    let ack = chunk.last.then(|| snapshot_ack(&chunk));
+                    self.service
+                        .snapshot_chunk(chunk)
+                        .await
+                        .map_err(|e| Error::Protocol(format!("snapshot chunk refused: {e}")))?;
+                    if let Some(ack) = ack {
+                        let _ = tx.send((ack, None));
+                    }
+                }
+                Some(frame::Body::Hello(hello)) => {
+                    tracing::debug!(
+                        node_id = hello.node_id,
+                        version = hello.protocol_version,
+                        "hello"
+                    );
+                }
+                Some(frame::Body::Response(_)) => {
+                    return Err(Error::Protocol("a server does not take responses".into()));
+                }
+                _ => return Err(Error::Protocol("empty frame".into())),
+            }
+        }
+
+        // Stop reading; let in-flight requests finish and their responses be
+        // written. The writer ends (flushing, then closing the socket) when
+        // the last sender is gone.
+        drop(reader);
+        drop(tx);
+        let grace = self.options.shutdown_grace;
+        let shutdown = self.shutdown.clone();
+        let deadline = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            done = &mut writer.0 => writer_ended(done),
+            () = deadline => {
+                tracing::debug!("in-flight requests outlived the shutdown grace period");
+                Ok(())
+            }
+        }
+        // Dropping `requests` and `writer` aborts whatever is left.
+    }
+}
+
+fn writer_ended(done: std::result::Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    match done {
+        Ok(result) => result,
+        Err(e) => Err(Error::Io(std::io::Error::other(e))),
+    }
+}
+
+/// Runs the service on one request, never unwinding.
+async fn answer<S: Service>(service: &S, request: Request) -> Response {
+    let id = request.id;
+    if request.cmd.is_none() {
+        return error_response(id, ErrorCode::INVALID_ARGUMENT, "request without a command");
+    }
+    match AssertUnwindSafe(service.handle(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(mut response) => {
+            response.id = id;
+            response
+        }
+        Err(_) => {
+            let mut response =
+                error_response(id, ErrorCode::INTERNAL, "the request handler panicked");
+            response.mut_error().outcome_unknown = true;
+            response
+        }
+    }
+}
+
+/// The acknowledgement of a fully received snapshot: a data-less last chunk
+/// sent back to the sender.
+fn snapshot_ack(chunk: &SnapshotChunk) -> Frame {
+    let mut ack = SnapshotChunk::new();
+    ack.from = chunk.to;
+    ack.to = chunk.from;
+    ack.snapshot_id = chunk.snapshot_id;
+    ack.offset = chunk.offset + chunk.data.len() as u64;
+    ack.last = true;
+    let mut frame = Frame::new();
+    frame.set_snapshot_chunk(ack);
+    frame
+}
+
+/// Writes frames as they arrive, batching those that are ready together into
+/// one flush.
+async fn write_responses(
+    mut writer: FrameWriter,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    max_frame_length: usize,
+) -> Result<()> {
+    while let Some((frame, permit)) = rx.recv().await {
+        feed(&mut writer, frame, max_frame_length).await?;
+        drop(permit);
+        while let Ok((frame, permit)) = rx.try_recv() {
+            feed(&mut writer, frame, max_frame_length).await?;
+            drop(permit);
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await
+}
+
+async fn feed(writer: &mut FrameWriter, frame: Frame, max_frame_length: usize) -> Result<()> {
+    let id = match &frame.body {
+        Some(frame::Body::Response(response)) => response.id,
+        _ => 0,
+    };
+    match writer.feed_frame(frame).await {
+        Err(Error::FrameTooLarge { len, .. }) => {
+            // The client still gets an answer to this id.
+            let mut response = error_response(
+                id,
+                ErrorCode::INTERNAL,
+                format!("response of {len} bytes exceeds the frame limit of {max_frame_length}"),
+            );
+            response.mut_error().outcome_unknown = true;
+            let mut frame = Frame::new();
+            frame.set_response(response);
+            writer.feed_frame(frame).await
+        }
+        other => other,
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
