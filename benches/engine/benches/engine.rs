@@ -17,7 +17,14 @@ fn keys(n: usize, seed: u64) -> Vec<[u8; 16]> {
 }
 
 fn open(dir: &std::path::Path, sync: SyncMode) -> Db {
-    Db::open_with(dir, Options { sync, ..Options::default() }).expect("open")
+    Db::open_with(
+        dir,
+        Options {
+            sync,
+            ..Options::default()
+        },
+    )
+    .expect("open")
 }
 
 fn preloaded(dir: &std::path::Path) -> (Db, Vec<[u8; 16]>) {
@@ -37,7 +44,11 @@ fn put(c: &mut Criterion) {
     let mut g = c.benchmark_group("put");
     g.throughput(Throughput::Elements(1));
     g.bench_function("random_16b_key_100b_value_unsynced", |b| {
-        b.iter_batched(|| rng.r#gen::<[u8; 16]>(), |k| db.put(k, [1u8; 100]).expect("put"), BatchSize::SmallInput)
+        b.iter_batched(
+            || rng.r#gen::<[u8; 16]>(),
+            |k| db.put(k, [1u8; 100]).expect("put"),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
