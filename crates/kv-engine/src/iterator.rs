@@ -24,6 +24,9 @@ pub(crate) trait InternalIterator: Send {
     fn seek_to_first(&mut self) -> Result<()>;
 }
 
+/// Entries copied per refill: small right after a seek (a short scan should
+/// not pay for a long one), larger once the caller keeps going.
+const MEM_FIRST_CHUNK: usize = 16;
 const MEM_CHUNK: usize = 256;
 
 /// Iterates a memtable by copying small chunks of it (cheap `Bytes` clones),
@@ -43,8 +46,8 @@ impl MemIter {
         }
     }
 
-    fn fill(&mut self, from: Bound<&InternalKey>) {
-        self.mem.chunk(from, MEM_CHUNK, &mut self.buf);
+    fn fill(&mut self, from: Bound<&InternalKey>, max: usize) {
+        self.mem.chunk(from, max, &mut self.buf);
         self.pos = 0;
     }
 }
@@ -63,19 +66,19 @@ impl InternalIterator for MemIter {
     }
     fn next(&mut self) -> Result<()> {
         self.pos += 1;
-        if self.pos == self.buf.len() && self.buf.len() == MEM_CHUNK {
+        if self.pos == self.buf.len() && self.buf.len() >= MEM_FIRST_CHUNK {
             let last = InternalKey(self.buf[self.pos - 1].0.clone());
-            self.fill(Bound::Excluded(&last));
+            self.fill(Bound::Excluded(&last), MEM_CHUNK);
         }
         Ok(())
     }
     fn seek(&mut self, target: &[u8]) -> Result<()> {
         let t = InternalKey(Bytes::copy_from_slice(target));
-        self.fill(Bound::Included(&t));
+        self.fill(Bound::Included(&t), MEM_FIRST_CHUNK);
         Ok(())
     }
     fn seek_to_first(&mut self) -> Result<()> {
-        self.fill(Bound::Unbounded);
+        self.fill(Bound::Unbounded, MEM_FIRST_CHUNK);
         Ok(())
     }
 }

@@ -55,7 +55,7 @@ impl Default for Options {
             memtable_size: 64 << 20,
             max_immutable_memtables: 2,
             block_size: 4096,
-            block_restart_interval: 16,
+            block_restart_interval: 4,
             bloom_bits_per_key: 10,
             target_file_size: 64 << 20,
             l0_compaction_trigger: 4,

@@ -135,10 +135,14 @@ impl Inner {
                     if g.shutdown || self.poisoned.load(Ordering::Acquire) {
                         return;
                     }
-                    let v = self.current().version.clone();
-                    if compaction::pick(&v, &self.opts, &mut self.compact_pointers.lock().clone())
-                        .is_some()
-                    {
+                    // The version must not be held while sleeping: it keeps
+                    // obsolete tables (and their disk space) alive.
+                    let due = {
+                        let v = self.current().version.clone();
+                        let mut pointers = self.compact_pointers.lock().clone();
+                        compaction::pick(&v, &self.opts, &mut pointers).is_some()
+                    };
+                    if due {
                         break;
                     }
                     self.bg_cv.wait(&mut g);

@@ -83,9 +83,12 @@ impl BlockBuilder {
 pub(crate) struct BadBlock(pub(crate) &'static str);
 
 /// A cursor over one block. Keys are internal keys ordered by [`key::compare`].
+///
+/// Generic over the block's storage: `Bytes` for iterators that outlive the
+/// call, `&[u8]` for point lookups that need no reference count.
 #[derive(Debug, Clone)]
-pub(crate) struct BlockIter {
-    data: Bytes,
+pub(crate) struct BlockIter<B = Bytes> {
+    data: B,
     /// End of the entries (start of the restart array).
     limit: usize,
     num_restarts: usize,
@@ -96,12 +99,18 @@ pub(crate) struct BlockIter {
     value: (usize, usize),
 }
 
-impl BlockIter {
-    pub(crate) fn new(data: Bytes) -> Result<Self, BadBlock> {
-        let n = data.len();
+impl BlockIter<Bytes> {
+    pub(crate) fn value(&self) -> Bytes {
+        self.data.slice(self.value.0..self.value.1)
+    }
+}
+
+impl<B: AsRef<[u8]>> BlockIter<B> {
+    pub(crate) fn new(data: B) -> Result<Self, BadBlock> {
+        let n = data.as_ref().len();
         let count = n
             .checked_sub(4)
-            .and_then(|at| u32_at(&data, at))
+            .and_then(|at| u32_at(data.as_ref(), at))
             .ok_or(BadBlock("block too short"))? as usize;
         let limit = count
             .checked_mul(4)
@@ -129,16 +138,17 @@ impl BlockIter {
         &self.key
     }
 
-    pub(crate) fn value(&self) -> Bytes {
-        self.data.slice(self.value.0..self.value.1)
+    pub(crate) fn value_slice(&self) -> &[u8] {
+        &self.data.as_ref()[self.value.0..self.value.1]
     }
 
-    pub(crate) fn value_slice(&self) -> &[u8] {
-        &self.data[self.value.0..self.value.1]
+    /// Byte range of the current value within the block.
+    pub(crate) fn value_range(&self) -> std::ops::Range<usize> {
+        self.value.0..self.value.1
     }
 
     fn restart(&self, i: usize) -> Result<usize, BadBlock> {
-        let off = u32_at(&self.data, self.limit + i * 4)
+        let off = u32_at(self.data.as_ref(), self.limit + i * 4)
             .ok_or(BadBlock("restart array cut short"))? as usize;
         if off > self.limit {
             return Err(BadBlock("restart point past the entries"));
@@ -153,7 +163,7 @@ impl BlockIter {
             self.cur = self.limit;
             return Ok(());
         }
-        let entries = &self.data[..self.limit];
+        let entries = &self.data.as_ref()[..self.limit];
         let mut r = Reader::new(
             entries
                 .get(self.cur..)
@@ -189,19 +199,30 @@ impl BlockIter {
         self.decode_next()
     }
 
+    /// The full key stored at restart point `i` (restart entries share no
+    /// prefix, so the key is contiguous in the block and needs no copy).
+    fn restart_key(&self, i: usize) -> Result<&[u8], BadBlock> {
+        let at = self.restart(i)?;
+        let entries = &self.data.as_ref()[..self.limit];
+        let mut r = Reader::new(
+            entries
+                .get(at..)
+                .ok_or(BadBlock("entry offset out of range"))?,
+        );
+        let header = (r.varint_usize(), r.varint_usize(), r.varint_usize());
+        let (Some(0), Some(len), Some(_)) = header else {
+            return Err(BadBlock("malformed restart entry"));
+        };
+        r.bytes(len).ok_or(BadBlock("key runs past block"))
+    }
+
     /// Positions at the first entry whose key is >= `target`.
     pub(crate) fn seek(&mut self, target: &[u8]) -> Result<(), BadBlock> {
         // Binary search for the last restart point whose key is < target.
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            self.key.clear();
-            self.next = self.restart(mid)?;
-            self.decode_next()?;
-            if !self.valid() {
-                return Err(BadBlock("restart point at end of block"));
-            }
-            if key::compare(&self.key, target) == Ordering::Less {
+            if key::compare(self.restart_key(mid)?, target) == Ordering::Less {
                 lo = mid;
             } else {
                 hi = mid - 1;

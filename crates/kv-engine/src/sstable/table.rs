@@ -45,7 +45,12 @@ impl TableMeta {
 
 #[derive(Debug)]
 struct IndexEntry {
-    last_key: Vec<u8>,
+    /// First 8 bytes of the user key of `last_key`, big-endian, zero padded:
+    /// most binary-search steps are decided by this without touching the key.
+    prefix: u64,
+    /// Where the block's last key lies in `Table::index_keys`.
+    key_at: usize,
+    key_len: usize,
     offset: usize,
     len: usize,
 }
@@ -56,6 +61,8 @@ pub struct Table {
     path: PathBuf,
     data: Bytes,
     index: Vec<IndexEntry>,
+    /// The last key of every data block, back to back.
+    index_keys: Vec<u8>,
     filter: Bytes,
     verified: Vec<AtomicBool>,
 }
@@ -107,6 +114,7 @@ impl Table {
         let filter = check(bloom_off, bloom_len, "bloom filter")?;
         let index_block = check(index_off, index_len, "index")?;
         let mut index = Vec::new();
+        let mut index_keys = Vec::new();
         let mut it = BlockIter::new(index_block).map_err(|e| corrupt(index_off, e.0))?;
         it.seek_to_first().map_err(|e| corrupt(index_off, e.0))?;
         while it.valid() {
@@ -127,11 +135,15 @@ impl Table {
             if key::parse(it.key()).is_none() {
                 return Err(corrupt(index_off, "malformed key in index"));
             }
+
             index.push(IndexEntry {
-                last_key: it.key().to_vec(),
+                prefix: key_prefix(it.key()),
+                key_at: index_keys.len(),
+                key_len: it.key().len(),
                 offset: off,
                 len,
             });
+            index_keys.extend_from_slice(it.key());
             it.next().map_err(|e| corrupt(index_off, e.0))?;
         }
         let verified = index.iter().map(|_| AtomicBool::new(false)).collect();
@@ -139,6 +151,7 @@ impl Table {
             path: path.to_path_buf(),
             data,
             index,
+            index_keys,
             filter,
             verified,
         }))
@@ -153,13 +166,14 @@ impl Table {
         Error::corruption(&self.path, off as u64, e.0)
     }
 
-    fn block(&self, i: usize) -> Result<BlockIter> {
+    /// Data block `i`, its checksum verified on first use.
+    fn block_slice(&self, i: usize) -> Result<&[u8]> {
         let Some(h) = self.index.get(i) else {
             return Err(Error::corruption(&self.path, 0, "block index out of range"));
         };
-        let block = self.data.slice(h.offset..h.offset + h.len);
+        let block = &self.data[h.offset..h.offset + h.len];
         if !self.verified[i].load(AtomicOrdering::Relaxed) {
-            if u32_at(&self.data, h.offset + h.len) != Some(crc32fast::hash(&block)) {
+            if u32_at(&self.data, h.offset + h.len) != Some(crc32fast::hash(block)) {
                 return Err(Error::corruption(
                     &self.path,
                     h.offset as u64,
@@ -168,13 +182,24 @@ impl Table {
             }
             self.verified[i].store(true, AtomicOrdering::Relaxed);
         }
-        BlockIter::new(block).map_err(|e| self.bad(i, e))
+        Ok(block)
+    }
+
+    fn block(&self, i: usize) -> Result<BlockIter> {
+        let block = self.block_slice(i)?;
+        BlockIter::new(self.data.slice_ref(block)).map_err(|e| self.bad(i, e))
     }
 
     /// Index of the first block whose last key is >= `target`.
     fn find_block(&self, target: &[u8]) -> usize {
-        self.index
-            .partition_point(|b| key::compare(&b.last_key, target) == Ordering::Less)
+        let prefix = key_prefix(target);
+        self.index.partition_point(|b| match b.prefix.cmp(&prefix) {
+            Ordering::Equal => {
+                let k = &self.index_keys[b.key_at..b.key_at + b.key_len];
+                key::compare(k, target) == Ordering::Less
+            }
+            o => o == Ordering::Less,
+        })
     }
 
     /// The newest entry for the user key of `lookup` (an internal lookup key)
@@ -184,7 +209,8 @@ impl Table {
         if i >= self.index.len() {
             return Ok(None);
         }
-        let mut it = self.block(i)?;
+        let block = self.block_slice(i)?;
+        let mut it = BlockIter::new(block).map_err(|e| self.bad(i, e))?;
         it.seek(lookup).map_err(|e| self.bad(i, e))?;
         if !it.valid() {
             return Ok(None);
@@ -194,8 +220,19 @@ impl Table {
         if uk != key::user_key(lookup) {
             return Ok(None);
         }
-        Ok(Some((kind, it.value())))
+        let range = it.value_range();
+        Ok(Some((kind, self.data.slice_ref(&block[range]))))
     }
+}
+
+/// The first 8 bytes of an internal key's user key as a big-endian number
+/// (zero padded): ordering by it agrees with ordering by user key.
+fn key_prefix(ikey: &[u8]) -> u64 {
+    let uk = key::user_key(ikey);
+    let mut b = [0u8; 8];
+    let n = uk.len().min(8);
+    b[..n].copy_from_slice(&uk[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// Iterates over a whole table.
