@@ -67,13 +67,13 @@ impl InternalIterator for MemIter {
     fn next(&mut self) -> Result<()> {
         self.pos += 1;
         if self.pos == self.buf.len() && self.buf.len() >= MEM_FIRST_CHUNK {
-            let last = InternalKey(self.buf[self.pos - 1].0.clone());
+            let last = InternalKey::new(self.buf[self.pos - 1].0.clone());
             self.fill(Bound::Excluded(&last), MEM_CHUNK);
         }
         Ok(())
     }
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let t = InternalKey(Bytes::copy_from_slice(target));
+        let t = InternalKey::new(Bytes::copy_from_slice(target));
         self.fill(Bound::Included(&t), MEM_FIRST_CHUNK);
         Ok(())
     }

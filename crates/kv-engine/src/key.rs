@@ -77,13 +77,45 @@ pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
     ua.cmp(ub).then_with(|| trailer(b).cmp(&trailer(a)))
 }
 
+/// The first 8 bytes of an internal key's user key as a big-endian number,
+/// zero padded. If `prefix(a) < prefix(b)` then `a < b`, so comparisons can
+/// often stop at this integer.
+pub(crate) fn prefix(ikey: &[u8]) -> u64 {
+    let uk = user_key(ikey);
+    let mut b = [0u8; 8];
+    let n = uk.len().min(8);
+    b[..n].copy_from_slice(&uk[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// An owned internal key ordered by [`compare`], used as the memtable's key.
+///
+/// It carries its 8-byte prefix inline: in the skiplist most comparisons are
+/// decided by it without a cache miss on the key bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InternalKey(pub(crate) Bytes);
+pub(crate) struct InternalKey {
+    prefix: u64,
+    bytes: Bytes,
+}
+
+impl InternalKey {
+    pub(crate) fn new(bytes: Bytes) -> Self {
+        InternalKey {
+            prefix: prefix(&bytes),
+            bytes,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
 
 impl Ord for InternalKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare(&self.0, &other.0)
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| compare(&self.bytes, &other.bytes))
     }
 }
 

@@ -42,7 +42,7 @@ impl MemTable {
         self.size
             .fetch_add(ikey.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
         self.map.insert(
-            InternalKey(Bytes::from(ikey)),
+            InternalKey::new(Bytes::from(ikey)),
             Bytes::copy_from_slice(value),
         );
     }
@@ -51,9 +51,9 @@ impl MemTable {
     /// [`key::lookup`]) visible at its sequence: `Some(Some(value))` for a
     /// put, `Some(None)` for a delete, `None` if the memtable has no such entry.
     pub(crate) fn get(&self, probe: &InternalKey) -> Option<Option<Bytes>> {
-        let user_key = key::user_key(&probe.0);
+        let user_key = key::user_key(probe.bytes());
         let entry = self.map.lower_bound(Bound::Included(probe))?;
-        let (uk, _, kind) = key::parse(&entry.key().0)?;
+        let (uk, _, kind) = key::parse(entry.key().bytes())?;
         if uk != user_key {
             return None;
         }
@@ -83,7 +83,7 @@ impl MemTable {
     ) {
         out.clear();
         for e in self.map.range((from, Bound::Unbounded)).take(max) {
-            out.push((e.key().0.clone(), e.value().clone()));
+            out.push((e.key().bytes().clone(), e.value().clone()));
         }
     }
 
@@ -93,7 +93,7 @@ impl MemTable {
         mut f: impl FnMut(&[u8], &[u8]) -> crate::Result<()>,
     ) -> crate::Result<()> {
         for e in self.map.iter() {
-            f(&e.key().0, e.value())?;
+            f(e.key().bytes(), e.value())?;
         }
         Ok(())
     }
@@ -110,7 +110,7 @@ mod tests {
         m.insert(b"k", 3, Kind::Delete, b"");
         m.insert(b"k", 5, Kind::Put, b"v5");
         m.insert(b"ka", 2, Kind::Put, b"other");
-        let get = |k: &[u8], seq| m.get(&InternalKey(Bytes::from(key::lookup(k, seq))));
+        let get = |k: &[u8], seq| m.get(&InternalKey::new(Bytes::from(key::lookup(k, seq))));
         assert_eq!(get(b"k", 0), None);
         assert_eq!(get(b"k", 2), Some(Some(Bytes::from_static(b"v1"))));
         assert_eq!(get(b"k", 4), Some(None));

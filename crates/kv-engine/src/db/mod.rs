@@ -430,7 +430,7 @@ impl Inner {
     fn get_at(&self, key: &[u8], seq: u64) -> Result<Option<Bytes>> {
         stats::add(&self.counters.gets, 1);
         let sv = self.current();
-        let probe = InternalKey(Bytes::from(key::lookup(key, seq)));
+        let probe = InternalKey::new(Bytes::from(key::lookup(key, seq)));
         if let Some(r) = sv.mem.get(&probe) {
             return Ok(r);
         }
@@ -440,7 +440,7 @@ impl Inner {
             }
         }
         let mut ls = LookupStats::default();
-        let r = sv.version.get(&probe.0, &mut ls);
+        let r = sv.version.get(probe.bytes(), &mut ls);
         stats::add(&self.counters.bloom_checks, ls.bloom_checks);
         stats::add(&self.counters.bloom_negatives, ls.bloom_negatives);
         Ok(r?.flatten())

@@ -137,7 +137,7 @@ impl Table {
             }
 
             index.push(IndexEntry {
-                prefix: key_prefix(it.key()),
+                prefix: key::prefix(it.key()),
                 key_at: index_keys.len(),
                 key_len: it.key().len(),
                 offset: off,
@@ -192,7 +192,7 @@ impl Table {
 
     /// Index of the first block whose last key is >= `target`.
     fn find_block(&self, target: &[u8]) -> usize {
-        let prefix = key_prefix(target);
+        let prefix = key::prefix(target);
         self.index.partition_point(|b| match b.prefix.cmp(&prefix) {
             Ordering::Equal => {
                 let k = &self.index_keys[b.key_at..b.key_at + b.key_len];
@@ -223,16 +223,6 @@ impl Table {
         let range = it.value_range();
         Ok(Some((kind, self.data.slice_ref(&block[range]))))
     }
-}
-
-/// The first 8 bytes of an internal key's user key as a big-endian number
-/// (zero padded): ordering by it agrees with ordering by user key.
-fn key_prefix(ikey: &[u8]) -> u64 {
-    let uk = key::user_key(ikey);
-    let mut b = [0u8; 8];
-    let n = uk.len().min(8);
-    b[..n].copy_from_slice(&uk[..n]);
-    u64::from_be_bytes(b)
 }
 
 /// Iterates over a whole table.
