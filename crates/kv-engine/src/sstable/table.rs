@@ -45,9 +45,6 @@ impl TableMeta {
 
 #[derive(Debug)]
 struct IndexEntry {
-    /// First 8 bytes of the user key of `last_key`, big-endian, zero padded:
-    /// most binary-search steps are decided by this without touching the key.
-    prefix: u64,
     /// Where the block's last key lies in `Table::index_keys`.
     key_at: usize,
     key_len: usize,
@@ -63,6 +60,9 @@ pub struct Table {
     index: Vec<IndexEntry>,
     /// The last key of every data block, back to back.
     index_keys: Vec<u8>,
+    /// `key::prefix` of each block's last key, densely packed: most steps of
+    /// the binary search over blocks are decided here, in few cache lines.
+    index_prefixes: Vec<u64>,
     filter: Bytes,
     verified: Vec<AtomicBool>,
 }
@@ -115,6 +115,7 @@ impl Table {
         let index_block = check(index_off, index_len, "index")?;
         let mut index = Vec::new();
         let mut index_keys = Vec::new();
+        let mut index_prefixes = Vec::new();
         let mut it = BlockIter::new(index_block).map_err(|e| corrupt(index_off, e.0))?;
         it.seek_to_first().map_err(|e| corrupt(index_off, e.0))?;
         while it.valid() {
@@ -136,8 +137,8 @@ impl Table {
                 return Err(corrupt(index_off, "malformed key in index"));
             }
 
+            index_prefixes.push(key::prefix(it.key()));
             index.push(IndexEntry {
-                prefix: key::prefix(it.key()),
                 key_at: index_keys.len(),
                 key_len: it.key().len(),
                 offset: off,
@@ -152,6 +153,7 @@ impl Table {
             data,
             index,
             index_keys,
+            index_prefixes,
             filter,
             verified,
         }))
@@ -193,13 +195,24 @@ impl Table {
     /// Index of the first block whose last key is >= `target`.
     fn find_block(&self, target: &[u8]) -> usize {
         let prefix = key::prefix(target);
-        self.index.partition_point(|b| match b.prefix.cmp(&prefix) {
-            Ordering::Equal => {
-                let k = &self.index_keys[b.key_at..b.key_at + b.key_len];
-                key::compare(k, target) == Ordering::Less
+        let (mut lo, mut hi) = (0, self.index.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let less = match self.index_prefixes[mid].cmp(&prefix) {
+                Ordering::Equal => {
+                    let b = &self.index[mid];
+                    key::compare(&self.index_keys[b.key_at..b.key_at + b.key_len], target)
+                        == Ordering::Less
+                }
+                o => o == Ordering::Less,
+            };
+            if less {
+                lo = mid + 1;
+            } else {
+                hi = mid;
             }
-            o => o == Ordering::Less,
-        })
+        }
+        lo
     }
 
     /// The newest entry for the user key of `lookup` (an internal lookup key)
