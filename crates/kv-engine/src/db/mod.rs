@@ -181,7 +181,9 @@ impl Db {
     /// I/O errors writing the log (the database is then poisoned),
     /// [`Error::Poisoned`] after an earlier fatal error.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut b = WriteBatch::new();
+        let (key, value) = (key.as_ref(), value.as_ref());
+        // kind byte + two varint lengths (at most 10 bytes each).
+        let mut b = WriteBatch::with_capacity(key.len() + value.len() + 21);
         b.put(key, value);
         self.write(b)
     }
