@@ -25,6 +25,15 @@ impl Inner {
             }
             self.queue_cv.wait(&mut q);
         }
+        if q.len() == 1 && self.opts.sync == SyncMode::Always {
+            // Alone at the front of a synced write: writers just released by
+            // the previous group are likely about to queue up. Letting them
+            // in first makes the next fsync cover them too instead of
+            // alternating between groups of one and groups of many.
+            drop(q);
+            std::thread::yield_now();
+            q = self.queue.lock();
+        }
         let mut group = Vec::new();
         let mut bytes = 0;
         for w in q.iter() {
