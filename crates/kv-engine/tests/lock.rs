@@ -133,3 +133,21 @@ fn lock_child_main() {
         println!("CHILD-SAW-LOCKED");
     }
 }
+
+#[test]
+fn dropping_the_db_releases_the_lock_while_a_snapshot_lives_on() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = kv_engine::Db::open(dir.path()).expect("open");
+    db.put("k", "v1").expect("put");
+    let snap = db.snapshot();
+    drop(db);
+    let again = kv_engine::Db::open(dir.path()).expect("reopen while an old snapshot is alive");
+    again.put("k", "v2").expect("put");
+    assert_eq!(
+        snap.get("k").expect("snapshot read").as_deref(),
+        Some(&b"v1"[..]),
+        "the snapshot keeps its view"
+    );
+    assert_eq!(again.get("k").expect("get").as_deref(), Some(&b"v2"[..]));
+}

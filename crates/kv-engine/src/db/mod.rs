@@ -85,8 +85,6 @@ struct BgState {
 struct Inner {
     dir: PathBuf,
     opts: Options,
-    /// Held (with an OS file lock) for the life of the database.
-    _lock: File,
     sv: RwLock<Arc<SuperVersion>>,
     queue: Mutex<VecDeque<Arc<Writer>>>,
     queue_cv: Condvar,
@@ -106,11 +104,13 @@ struct Inner {
 
 /// An open database. `Send + Sync`: share it between threads with `Arc`.
 ///
-/// Dropping it stops the background threads and releases the directory lock
-/// (once the last [`Snapshot`] of it is gone too).
+/// Dropping it stops the background threads and releases the directory lock;
+/// a [`Snapshot`] that outlives it can still be read.
 pub struct Db {
     inner: Arc<Inner>,
     threads: Vec<JoinHandle<()>>,
+    /// Held (with an OS file lock) until the `Db` is dropped.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Db {
@@ -158,7 +158,7 @@ impl Db {
             std::fs::create_dir_all(&dir).ctx(&dir)?;
         }
         let lock = lock_dir(&dir)?;
-        let inner = Arc::new(recover(dir, opts, lock)?);
+        let inner = Arc::new(recover(dir, opts)?);
         let mut threads = Vec::new();
         for (name, f) in [
             ("kv-flush", Inner::flush_loop as fn(&Inner)),
@@ -171,7 +171,11 @@ impl Db {
                 .map_err(|e| Error::io(&inner.dir, e))?;
             threads.push(t);
         }
-        Ok(Db { inner, threads })
+        Ok(Db {
+            inner,
+            threads,
+            _lock: lock,
+        })
     }
 
     /// Sets `key` to `value`.

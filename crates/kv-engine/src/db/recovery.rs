@@ -42,7 +42,7 @@ pub(super) fn write_checkpoint(dir: &Path, version: &Version, last_seq: u64) -> 
 }
 
 /// Opens the files of `dir` and brings the database to a consistent state.
-pub(super) fn recover(dir: PathBuf, opts: Options, lock: File) -> Result<Inner> {
+pub(super) fn recover(dir: PathBuf, opts: Options) -> Result<Inner> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).ctx(&dir)? {
         let entry = entry.ctx(&dir)?;
@@ -195,7 +195,6 @@ pub(super) fn recover(dir: PathBuf, opts: Options, lock: File) -> Result<Inner> 
     let num_levels = opts.num_levels;
     Ok(Inner {
         dir,
-        _lock: lock,
         sv: RwLock::new(Arc::new(SuperVersion {
             mem: Arc::new(MemTable::new(wal_number)),
             imms: Vec::new(),
