@@ -1,7 +1,12 @@
 //! `cargo xtask`: project automation.
 //!
 //! - `cargo xtask ci`: the checks CI runs (format, lints, tests).
+//! - `cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]`:
+//!   a local cluster of release `kvd` processes; Ctrl-C stops it.
 
+mod cluster;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -16,6 +21,11 @@ fn run(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map_or(here.clone(), PathBuf::from)
 }
 
 fn main() -> Result<()> {
@@ -33,9 +43,10 @@ fn main() -> Result<()> {
             ])?;
             run(&["test", "--workspace"])
         }
+        Some("cluster") => cluster::run(&args[1..], &workspace_root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci    format check, clippy and all tests, as CI runs them"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       format check, clippy and all tests, as CI runs them\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]"
             );
             std::process::exit(2);
         }

@@ -1,1 +1,50 @@
-//! The FlashKV node: engine + raft + network wired together (built in a later change).
+//! `kv-server`: the FlashKV node — kv-engine under a kv-raft state machine,
+//! served to clients and peers over kv-net.
+//!
+//! # Layout
+//!
+//! - [`command`]: the commands in the raft log and their outcomes (a compact
+//!   versioned encoding of our own).
+//! - [`keys`]: the engine key space (`u` user keys, `m` metadata) and the
+//!   versioned value record.
+//! - [`store`]: the engine directory, replaced whole by a snapshot install.
+//! - [`archive`]: checkpoint directory <-> snapshot bytes.
+//! - [`state_machine`]: [`KvStateMachine`], the `StateMachine` on the engine:
+//!   one `WriteBatch` per applied entry holding its effects, its
+//!   de-duplication record and the applied index.
+//! - [`config`]: [`Config`] and the persisted membership file.
+//! - [`transport`]: raft messages over kv-net peer links; snapshots in chunks.
+//! - [`proposer`]: groups concurrent client writes into one raft entry.
+//! - [`service`]: [`KvService`], kv-net's `Service`: client requests and peer
+//!   traffic.
+//! - [`server`]: [`Server`] / [`run`]: one node, from data directory to
+//!   graceful shutdown.
+//!
+//! # Limits
+//!
+//! - Snapshots are built and held in memory whole (kv-raft's limit), and
+//!   streamed to followers in chunks.
+//! - De-duplication records are kept for the last 1024 writes of each client
+//!   id, and dropped once a client has not written for an hour (by the
+//!   proposers' clocks): a write retried later than that may apply twice.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod command;
+pub mod config;
+mod error;
+pub mod keys;
+pub mod proposer;
+pub mod server;
+pub mod service;
+pub mod state_machine;
+pub mod store;
+pub mod transport;
+
+pub use config::{Config, parse_peers};
+pub use error::{Error, Result};
+pub use server::{Server, run};
+pub use service::KvService;
+pub use state_machine::KvStateMachine;
+pub use store::Store;

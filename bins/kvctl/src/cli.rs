@@ -1,0 +1,153 @@
+//! Command-line definitions.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// FlashKV command-line client.
+#[derive(Parser, Debug)]
+#[command(name = "kvctl", version)]
+pub struct Cli {
+    /// Cluster endpoints, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_ENDPOINTS",
+        default_value = "127.0.0.1:7001",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Bound on the whole command (discovery and retries included), e.g.
+    /// `500ms`, `2s`, `1m`.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// One JSON object per result on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Allow possibly stale reads from any node.
+    #[arg(long, global = true)]
+    pub serializable: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// A command (also what one `shell` line holds).
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY.
+    Get { key: String },
+    /// Remove KEY (absent keys are fine).
+    Delete { key: String },
+    /// Compare-and-swap: `cas KEY EXPECTED NEW` or `cas KEY --absent NEW`.
+    Cas {
+        key: String,
+        /// EXPECTED NEW, or NEW with --absent.
+        #[arg(num_args = 1..=2, required = true)]
+        values: Vec<String>,
+        /// Swap only if KEY does not exist.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Print pairs with START <= key < END, ascending.
+    Range {
+        start: Option<String>,
+        end: Option<String>,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many pairs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Apply `put KEY VALUE` / `delete KEY` lines from FILE (or stdin)
+    /// atomically.
+    Batch { file: Option<String> },
+    /// Print the status of every endpoint.
+    Status,
+    /// Read commands from stdin, one result line each.
+    Shell,
+    /// Load generator: concurrent clients doing puts and gets.
+    Bench {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Operations per phase, over all clients.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+    },
+}
+
+/// One `shell` line.
+#[derive(Parser, Debug)]
+#[command(name = "", no_binary_name = true, disable_help_subcommand = true)]
+pub struct ShellLine {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Parses durations like `500ms`, `2s`, `1m30s`, `1h`.
+///
+/// # Errors
+///
+/// A message naming the problem.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let secs = match unit.trim() {
+            "ns" => n / 1e9,
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" | "sec" => n,
+            "m" | "min" => n * 60.0,
+            "h" => n * 3600.0,
+            "" => return Err(format!("duration {s:?} needs a unit (ms, s, m, h)")),
+            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = tail;
+    }
+    if total.is_zero() {
+        return Err("duration must be positive".into());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

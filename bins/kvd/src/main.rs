@@ -1,0 +1,132 @@
+//! `kvd`: the FlashKV daemon (SPEC section 3). Parses flags, sets up
+//! logging and signals, and runs `kv_server::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kv_server::{Config, parse_peers};
+
+/// FlashKV node. Without flags: a single-node cluster, id 1, on
+/// 127.0.0.1:7001, data in ./kvd-data.
+#[derive(Parser, Debug)]
+#[command(name = "kvd", version)]
+struct Args {
+    /// This node's raft id.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Address to listen on for clients and peers.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: String,
+    /// Address clients are told to use (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Initial members of a new cluster, this node included: ID=ADDR,...
+    /// (ignored on restart in favour of the persisted membership).
+    #[arg(long)]
+    peers: Option<String>,
+    /// Data directory.
+    #[arg(long, default_value = "./kvd-data")]
+    data_dir: PathBuf,
+    /// HTTP/JSON gateway address (not supported yet).
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Configuration file (not supported yet).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+    /// Take a raft snapshot (and compact the log) after this many applied
+    /// entries.
+    #[arg(long, hide = true)]
+    snapshot_threshold: Option<u64>,
+}
+
+fn config(args: &Args) -> Result<Config> {
+    if args.http_listen.is_some() {
+        bail!("--http-listen is not supported yet");
+    }
+    if args.config.is_some() {
+        bail!("--config is not supported yet");
+    }
+    let mut config = Config::new(args.id, args.listen.clone(), args.data_dir.clone());
+    config.advertise.clone_from(&args.advertise);
+    if let Some(peers) = &args.peers {
+        config.peers = parse_peers(peers)?;
+    }
+    if let Some(n) = args.snapshot_threshold {
+        config.raft.snapshot_threshold = n;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("kvd: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(args.log_level)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvd: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the
+/// line already holds.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+fn run(args: &Args) -> Result<()> {
+    let config = config(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        kv_server::run(config, shutdown).await?;
+        Ok(())
+    })
+}

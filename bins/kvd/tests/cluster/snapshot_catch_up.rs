@@ -1,0 +1,69 @@
+//! A follower restarted after the log was compacted catches up through a
+//! snapshot streamed in chunks.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_client::{Client, Options};
+
+use crate::common::{Cluster, serial};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_catches_up_via_snapshot() {
+    let _serial = serial();
+    let mut c = Cluster::new(3, &["--snapshot-threshold", "50"]);
+    c.start_all();
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let client = c.client(Duration::from_secs(5));
+    for i in 0..20 {
+        client.put(format!("a{i:03}"), "1").await.expect("put");
+    }
+    let follower = (leader + 1) % 3;
+    assert_eq!(c.nodes[follower].stop(), Some(0));
+    // Enough writes for several snapshots and log compactions.
+    let value = "v".repeat(1000);
+    for i in 0..400 {
+        client.put(format!("b{i:03}"), &value).await.expect("put");
+    }
+    c.nodes[follower].start();
+    let commit = client
+        .status(&c.nodes[leader].listen)
+        .await
+        .expect("status")
+        .commit_index;
+    c.wait_applied(follower, commit, Duration::from_secs(30))
+        .await;
+    let local = Client::new(
+        vec![c.nodes[follower].listen.clone()],
+        Options {
+            serializable: true,
+            ..Options::default()
+        },
+    );
+    assert_eq!(
+        local.get("b399").await.expect("get"),
+        Some(Bytes::from(value.clone()))
+    );
+    assert_eq!(
+        local.get("a000").await.expect("get"),
+        Some(Bytes::from_static(b"1"))
+    );
+    assert!(
+        c.nodes[follower].log_text().contains("snapshot received"),
+        "the follower caught up without a snapshot; logs:\n{}",
+        c.logs()
+    );
+    // It keeps following afterwards.
+    client.put("after", "snap").await.expect("put");
+    let commit = client
+        .status(&c.nodes[leader].listen)
+        .await
+        .expect("status")
+        .commit_index;
+    c.wait_applied(follower, commit, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        local.get("after").await.expect("get"),
+        Some(Bytes::from_static(b"snap"))
+    );
+}

@@ -1,0 +1,156 @@
+//! Leader discovery, retries and the definite/unknown distinction, against
+//! scripted kv-net servers.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kv_client::{Client, Error, Options};
+use kv_net::proto::{ErrorCode, GetResult, PutResult, Request, Response, request};
+use kv_net::server::error_response;
+use kv_net::{Listener, Service};
+
+/// Answers each request with the next scripted reply (the last one repeats).
+struct Scripted {
+    replies: Vec<Reply>,
+    seen: Mutex<Vec<(u64, u64)>>,
+}
+
+#[derive(Clone)]
+enum Reply {
+    Ok,
+    NotLeader(String),
+    Unavailable,
+    UnknownTimeout,
+}
+
+impl Service for Scripted {
+    async fn handle(&self, request: Request) -> Response {
+        let n = {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push((request.client_id, request.seq));
+            seen.len() - 1
+        };
+        let reply = self.replies[n.min(self.replies.len() - 1)].clone();
+        match reply {
+            Reply::Ok => {
+                let mut r = Response::new();
+                match request.cmd {
+                    Some(request::Cmd::Get(_)) => r.set_get(GetResult::new()),
+                    _ => r.set_put(PutResult::new()),
+                }
+                r
+            }
+            Reply::NotLeader(addr) => {
+                let mut r = error_response(0, ErrorCode::NOT_LEADER, "not leader");
+                r.mut_error().leader_id = 2;
+                r.mut_error().leader_addr = addr;
+                r
+            }
+            Reply::Unavailable => error_response(0, ErrorCode::UNAVAILABLE, "no leader"),
+            Reply::UnknownTimeout => {
+                let mut r = error_response(0, ErrorCode::TIMEOUT, "timed out");
+                r.mut_error().outcome_unknown = true;
+                r
+            }
+        }
+    }
+}
+
+async fn serve(replies: Vec<Reply>) -> (String, Arc<Scripted>) {
+    let service = Arc::new(Scripted {
+        replies,
+        seen: Mutex::new(Vec::new()),
+    });
+    let listener = Listener::bind("127.0.0.1:0", kv_net::Options::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let s = service.clone();
+    tokio::spawn(async move { listener.run(s, std::future::pending()).await });
+    (addr, service)
+}
+
+fn client(endpoints: Vec<String>, dedup: bool, timeout_ms: u64) -> Client {
+    Client::new(
+        endpoints,
+        Options {
+            timeout: Duration::from_millis(timeout_ms),
+            dedup,
+            ..Options::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn follows_the_not_leader_hint() {
+    let (leader, leader_svc) = serve(vec![Reply::Ok]).await;
+    let (follower, _) = serve(vec![Reply::NotLeader(leader.clone())]).await;
+    let c = client(vec![follower], true, 2000);
+    c.put("k", "v").await.unwrap();
+    assert_eq!(leader_svc.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_outcome_is_retried_with_the_same_request_number() {
+    let (addr, svc) = serve(vec![Reply::UnknownTimeout, Reply::Ok]).await;
+    let c = client(vec![addr], true, 2000);
+    c.put("k", "v").await.unwrap();
+    let seen = svc.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], seen[1]);
+    assert_ne!(seen[0].0, 0);
+}
+
+#[tokio::test]
+async fn without_dedup_an_unknown_outcome_is_reported_not_retried() {
+    let (addr, svc) = serve(vec![Reply::UnknownTimeout, Reply::Ok]).await;
+    let c = client(vec![addr], false, 2000);
+    let e = c.put("k", "v").await.unwrap_err();
+    assert!(!e.is_definite(), "{e:?}");
+    assert_eq!(svc.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn definite_rejections_until_the_deadline_are_definite() {
+    let (addr, svc) = serve(vec![Reply::Unavailable]).await;
+    let c = client(vec![addr], true, 300);
+    let e = c.put("k", "v").await.unwrap_err();
+    assert_eq!(e, Error::Timeout { definite: true });
+    assert!(svc.seen.lock().unwrap().len() > 1, "retried");
+}
+
+#[tokio::test]
+async fn an_unknown_attempt_taints_the_final_error() {
+    let (addr, _) = serve(vec![Reply::UnknownTimeout, Reply::Unavailable]).await;
+    let c = client(vec![addr], true, 300);
+    let e = c.put("k", "v").await.unwrap_err();
+    assert_eq!(e, Error::Timeout { definite: false });
+}
+
+#[tokio::test]
+async fn nobody_listening_is_definite() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let c = client(vec![addr], true, 300);
+    assert!(c.put("k", "v").await.unwrap_err().is_definite());
+}
+
+#[tokio::test]
+async fn reads_are_retried_after_unknown_outcomes() {
+    let (addr, svc) = serve(vec![Reply::UnknownTimeout, Reply::Ok]).await;
+    let c = client(vec![addr], false, 2000);
+    assert_eq!(c.get("k").await.unwrap(), None);
+    assert_eq!(svc.seen.lock().unwrap()[0], (0, 0));
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_invalid_and_not_retried() {
+    let (addr, svc) = serve(vec![Reply::Ok]).await;
+    let c = client(vec![addr], true, 2000);
+    let e = c.put("k", vec![0u8; 17 << 20]).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    assert!(svc.seen.lock().unwrap().is_empty());
+}

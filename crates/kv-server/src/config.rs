@@ -1,0 +1,206 @@
+//! The node's configuration and the membership file in its data directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Everything a node needs to run. Start from [`Config::new`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's raft id (non-zero).
+    pub id: u64,
+    /// Address to listen on for clients and peers.
+    pub listen: String,
+    /// Address clients are told to use for this node (default: `listen`).
+    pub advertise: Option<String>,
+    /// The initial members of a new cluster with their raft (peer) addresses,
+    /// this node included. Empty: a single-node cluster reached at `listen`.
+    /// Ignored when the data directory already holds a cluster.
+    pub peers: BTreeMap<u64, String>,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// Raft tunables.
+    pub raft: kv_raft::Options,
+    /// Network tunables.
+    pub net: kv_net::Options,
+    /// How long a request may wait for its proposal or read barrier before
+    /// the server answers `TIMEOUT`.
+    pub request_timeout: Duration,
+    /// Most pairs in one page of a range answer.
+    pub max_range_page: u32,
+}
+
+impl Config {
+    /// The defaults of a single node `id` listening on `listen` with its data
+    /// in `data_dir`.
+    #[must_use]
+    pub fn new(id: u64, listen: impl Into<String>, data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            id,
+            listen: listen.into(),
+            advertise: None,
+            peers: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            raft: kv_raft::Options::default(),
+            net: kv_net::Options::default(),
+            request_timeout: Duration::from_secs(5),
+            max_range_page: 1000,
+        }
+    }
+
+    /// The address clients are told to use.
+    #[must_use]
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The initial members: `peers`, or this node alone.
+    #[must_use]
+    pub fn initial_members(&self) -> BTreeMap<u64, String> {
+        if self.peers.is_empty() {
+            BTreeMap::from([(self.id, self.listen.clone())])
+        } else {
+            self.peers.clone()
+        }
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the problem.
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            return Err(Error::Config("node id must be positive".into()));
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+            return Err(Error::Config(format!(
+                "--peers does not list this node (id {})",
+                self.id
+            )));
+        }
+        if self.peers.contains_key(&0) {
+            return Err(Error::Config("peer id 0 is reserved".into()));
+        }
+        if self.max_range_page == 0 {
+            return Err(Error::Config("max_range_page must be positive".into()));
+        }
+        self.raft.validate()?;
+        self.net.validate()?;
+        Ok(())
+    }
+}
+
+/// Parses `ID=ADDR,ID=ADDR,...`.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a malformed list or a repeated id.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("peer {item:?} is not ID=ADDR")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("peer id {id:?} is not a number")))?;
+        let addr = addr.trim();
+        if id == 0 || addr.is_empty() {
+            return Err(Error::Config(format!("bad peer {item:?}")));
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(Error::Config(format!("peer id {id} listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+const MEMBERS_FILE: &str = "members";
+const MEMBERS_HEADER: &str = "flashkv-members v1";
+
+/// Loads the persisted members of the cluster in `data_dir`, or, for a new
+/// data directory, persists `initial` and returns it.
+///
+/// # Errors
+///
+/// [`Error::Corruption`] for a damaged file, I/O errors.
+pub fn load_or_init_members(
+    data_dir: &Path,
+    initial: &BTreeMap<u64, String>,
+) -> Result<(BTreeMap<u64, String>, bool)> {
+    let path = data_dir.join(MEMBERS_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            if lines.next() != Some(MEMBERS_HEADER) {
+                return Err(Error::corruption(&path, "missing header"));
+            }
+            let body: Vec<&str> = lines.collect();
+            let members = parse_peers(&body.join(","))
+                .map_err(|e| Error::corruption(&path, e.to_string()))?;
+            if members.is_empty() {
+                return Err(Error::corruption(&path, "no members"));
+            }
+            Ok((members, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if data_dir.join("raft").exists() {
+                return Err(Error::corruption(
+                    &path,
+                    "missing, but the data directory holds a raft log",
+                ));
+            }
+            let mut text = format!("{MEMBERS_HEADER}\n");
+            for (id, addr) in initial {
+                let _ = writeln!(text, "{id}={addr}");
+            }
+            let tmp = data_dir.join("members.tmp");
+            std::fs::write(&tmp, text).ctx(&tmp)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .ctx(&tmp)?;
+            std::fs::rename(&tmp, &path).ctx(&path)?;
+            crate::archive::sync_dir(data_dir)?;
+            Ok((initial.clone(), true))
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&2], "127.0.0.1:7002");
+        assert!(parse_peers("1=a,1=b").is_err());
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("1").is_err());
+        assert!(parse_peers("0=a").is_err());
+    }
+
+    #[test]
+    fn members_persist_and_win_over_later_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = parse_peers("1=a:1,2=b:2").unwrap();
+        assert_eq!(
+            load_or_init_members(tmp.path(), &first).unwrap(),
+            (first.clone(), true)
+        );
+        let other = parse_peers("1=z:9").unwrap();
+        assert_eq!(
+            load_or_init_members(tmp.path(), &other).unwrap(),
+            (first, false)
+        );
+        std::fs::write(tmp.path().join(MEMBERS_FILE), "junk").unwrap();
+        assert!(load_or_init_members(tmp.path(), &other).is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! [`Server`]: opens a node's data directory, starts raft and serves until
+//! told to stop. The `kvd` binary and the tests both go through
+//! [`Server::start`] + [`Server::run`] (or [`run`]).
+//!
+//! Data directory:
+//!
+//! ```text
+//! <data-dir>/LOCK      held (flock) while a node runs on the directory
+//! <data-dir>/members   the cluster's initial members and their peer addresses
+//! <data-dir>/raft/     kv-raft's log store (the write-ahead log)
+//! <data-dir>/kv/       the engine (see `store`)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_engine::SyncMode;
+use kv_net::Listener;
+use kv_raft::{Node, Role};
+
+use crate::command::{Command, Op};
+use crate::config::{Config, load_or_init_members};
+use crate::error::{Error, IoContext, Result};
+use crate::keys;
+use crate::service::KvService;
+use crate::state_machine::KvStateMachine;
+use crate::store::Store;
+use crate::transport::{HandleCell, PeerTransport};
+
+/// A started node, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    listener: Listener,
+    local_addr: SocketAddr,
+    node: Node,
+    service: Arc<KvService>,
+    store: Arc<Store>,
+    members: BTreeMap<u64, String>,
+    _lock: File,
+}
+
+/// Starts a node with `config` and serves until `shutdown` completes, then
+/// stops gracefully.
+///
+/// # Errors
+///
+/// See [`Server::start`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Server::start(config).await?.run(shutdown).await
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::io("<blocking task>", std::io::Error::other(e))
+}
+
+impl Server {
+    /// Binds the listen address, locks and opens the data directory and
+    /// starts the raft node. Nothing in the data directory is touched when
+    /// the address cannot be bound or the directory is locked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`], [`Error::Net`] (address unusable),
+    /// [`Error::Locked`], corruption and I/O errors of the data directory.
+    pub async fn start(config: Config) -> Result<Server> {
+        config.validate()?;
+        let listener = Listener::bind(config.listen.as_str(), config.net.clone()).await?;
+        let local_addr = listener.local_addr()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).ctx(&dir)?;
+        let lock = lock_data_dir(&dir)?;
+        let (members, fresh) = load_or_init_members(&dir, &config.initial_members())?;
+        if !fresh && !config.peers.is_empty() && config.peers != members {
+            tracing::info!("--peers ignored: the data directory holds the cluster's membership");
+        }
+        if !members.contains_key(&config.id) {
+            return Err(Error::Config(format!(
+                "the data directory {} belongs to a cluster without node {}",
+                dir.display(),
+                config.id
+            )));
+        }
+        let engine_opts = kv_engine::Options {
+            sync: SyncMode::Never,
+            ..kv_engine::Options::default()
+        };
+        let store = {
+            let root = dir.join("kv");
+            let opts = engine_opts.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || Store::open(root, opts))
+                    .await
+                    .map_err(join_error)??,
+            )
+        };
+        let sm = KvStateMachine::open(store.clone())?;
+        let cell = HandleCell::default();
+        let transport = PeerTransport::start(config.id, &members, &config.net, cell.clone())?;
+        let voters: Vec<u64> = members.keys().copied().collect();
+        let node = {
+            let (id, raft_dir, opts, voters) = (
+                config.id,
+                dir.join("raft"),
+                config.raft.clone(),
+                voters.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                Node::start(id, raft_dir, &voters, opts, sm, transport)
+            })
+            .await
+            .map_err(join_error)??
+        };
+        let handle = node.handle();
+        let _ = cell.set(handle.clone());
+        if voters == [config.id] {
+            // A single node need not wait for an election timeout.
+            drop(handle.campaign());
+        }
+        let service = Arc::new(KvService::new(
+            &config,
+            handle,
+            store.clone(),
+            members.clone(),
+        ));
+        tracing::info!(id = config.id, listen = %local_addr, ?members, "node started");
+        Ok(Server {
+            config,
+            listener,
+            local_addr,
+            node,
+            service,
+            store,
+            members,
+            _lock: lock,
+        })
+    }
+
+    /// The bound listen address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The cluster members and their peer addresses.
+    #[must_use]
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// Serves until `shutdown` completes; then hands leadership to the most
+    /// up-to-date follower if this node leads (so that the cluster need not
+    /// wait for an election timeout), stops accepting, lets in-flight
+    /// requests finish (bounded by the network grace period), stops the raft
+    /// node (its log is fsynced) and closes the engine.
+    ///
+    /// # Errors
+    ///
+    /// The error that stopped the raft node, if it failed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let publisher = tokio::spawn(publish_advertise(
+            self.config.id,
+            self.config.advertise_addr().to_owned(),
+            self.node.handle(),
+            self.store.clone(),
+        ));
+        let handle = self.node.handle();
+        let shutdown = async move {
+            shutdown.await;
+            hand_over_leadership(&handle).await;
+        };
+        self.listener.run(self.service.clone(), shutdown).await;
+        publisher.abort();
+        drop(self.service);
+        let node = self.node;
+        let stopped = tokio::task::spawn_blocking(move || node.shutdown())
+            .await
+            .map_err(join_error)?;
+        let store = self.store;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.current().db().flush() {
+                tracing::warn!(error = %e, "flush on shutdown failed");
+            }
+        })
+        .await
+        .map_err(join_error)?;
+        tracing::info!(id = self.config.id, "node stopped");
+        Ok(stopped?)
+    }
+}
+
+/// If this node leads, transfers leadership to the follower with the
+/// longest log and waits (bounded) for the transfer.
+async fn hand_over_leadership(handle: &kv_raft::Handle) {
+    let Ok(status) = handle.status().await else {
+        return;
+    };
+    if status.role != Role::Leader {
+        return;
+    }
+    let Some((&to, _)) = status
+        .progress
+        .iter()
+        .filter(|(id, p)| **id != status.id && !p.learner)
+        .max_by_key(|(_, p)| p.matched)
+    else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(Duration::from_secs(1), handle.transfer_leadership(to)).await {
+        Ok(Ok(())) => {
+            tracing::info!(to, elapsed = ?started.elapsed(), "leadership handed over");
+        }
+        Ok(Err(e)) => tracing::warn!(to, error = %e, "leadership hand-over failed"),
+        Err(_) => tracing::warn!(to, "leadership hand-over timed out"),
+    }
+}
+
+/// While this node leads, makes sure the replicated state holds its
+/// advertise address, so that followers can send clients here.
+async fn publish_advertise(id: u64, addr: String, handle: kv_raft::Handle, store: Arc<Store>) {
+    let mut published_term = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(status) = handle.status().await else {
+            return;
+        };
+        if status.role != Role::Leader || status.term == published_term {
+            continue;
+        }
+        let current = store
+            .current()
+            .db()
+            .get(keys::advertise_key(id))
+            .ok()
+            .flatten();
+        if current.as_deref() == Some(addr.as_bytes()) {
+            published_term = status.term;
+            continue;
+        }
+        let cmd = Command {
+            client_id: 0,
+            seq: 0,
+            time_ms: crate::command::now_ms(),
+            op: Op::SetAdvertise {
+                node_id: id,
+                addr: addr.clone(),
+            },
+        };
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(5), handle.propose(cmd.encode())).await
+        {
+            published_term = status.term;
+        }
+    }
+}

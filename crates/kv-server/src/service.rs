@@ -1,0 +1,392 @@
+//! [`KvService`]: answers client requests and takes peer traffic.
+//!
+//! Writes become raft proposals (the driver batches concurrent ones into one
+//! `Ready` and one fsync); reads are linearizable through ReadIndex unless
+//! the request asks for a serializable local read. Every error says whether
+//! the write may have been applied (`outcome_unknown`).
+
+// Handlers return `Result<Response, Response>`: both sides are the answer,
+// and `?` keeps the early error exits readable.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv_net::Service;
+use kv_net::proto::{
+    self, BatchResult, CasResult, DeleteResult, ErrorCode, GetResult, KeyValue, PeerMessage,
+    PutResult, RangeResult, Request, Response, SnapshotChunk, StatusResult, batch_op, request,
+};
+use kv_net::server::error_response;
+use kv_raft::{Handle, Role};
+
+use crate::command::{BatchOp, Command, Op, Outcome};
+use crate::keys;
+use crate::proposer::{ProposeError, Proposer};
+use crate::state_machine::get_user;
+use crate::store::Store;
+use crate::transport::{SnapshotAssembler, decode_messages};
+
+/// The node's request handler, shared by all connections.
+#[derive(Debug)]
+pub struct KvService {
+    id: u64,
+    handle: Handle,
+    store: Arc<Store>,
+    advertise: String,
+    peers: BTreeMap<u64, String>,
+    request_timeout: Duration,
+    max_page: u32,
+    max_page_bytes: usize,
+    snapshots: SnapshotAssembler,
+    proposer: Proposer,
+}
+
+/// What a failed raft call means for the client.
+fn raft_error(svc: &KvService, e: &kv_raft::Error, write: bool) -> Response {
+    match e {
+        kv_raft::Error::NotLeader { leader } => svc.not_leader(*leader),
+        kv_raft::Error::Timeout => timeout_response(write),
+        e if e.is_definite() || !write => {
+            error_response(0, ErrorCode::UNAVAILABLE, format!("not applied: {e}"))
+        }
+        e => {
+            let mut r = error_response(0, ErrorCode::INTERNAL, e.to_string());
+            r.mut_error().outcome_unknown = true;
+            r
+        }
+    }
+}
+
+fn timeout_response(write: bool) -> Response {
+    let mut r = error_response(0, ErrorCode::TIMEOUT, "timed out");
+    r.mut_error().outcome_unknown = write;
+    r
+}
+
+fn invalid(message: impl Into<String>) -> Response {
+    error_response(0, ErrorCode::INVALID_ARGUMENT, message)
+}
+
+fn internal(message: impl Into<String>) -> Response {
+    error_response(0, ErrorCode::INTERNAL, message)
+}
+
+fn check_key(key: &Bytes) -> Result<(), Response> {
+    if key.is_empty() {
+        Err(invalid("empty key"))
+    } else {
+        Ok(())
+    }
+}
+
+impl KvService {
+    /// A service for node `id` over its raft `handle` and `store`. Must be
+    /// called within a tokio runtime.
+    #[must_use]
+    pub fn new(
+        config: &crate::Config,
+        handle: Handle,
+        store: Arc<Store>,
+        peers: BTreeMap<u64, String>,
+    ) -> KvService {
+        KvService {
+            id: config.id,
+            handle: handle.clone(),
+            store,
+            advertise: config.advertise_addr().to_owned(),
+            peers,
+            request_timeout: config.request_timeout,
+            max_page: config.max_range_page,
+            max_page_bytes: config.net.max_frame_length / 2,
+            snapshots: SnapshotAssembler::default(),
+            proposer: Proposer::start(handle.clone()),
+        }
+    }
+
+    /// The advertise address of node `id`: as the node published it in the
+    /// replicated state, else (not yet published) its peer address.
+    #[must_use]
+    pub fn advertise_of(&self, id: u64) -> String {
+        if id == self.id {
+            return self.advertise.clone();
+        }
+        let published = self
+            .store
+            .current()
+            .db()
+            .get(keys::advertise_key(id))
+            .ok()
+            .flatten()
+            .and_then(|v| String::from_utf8(v.to_vec()).ok());
+        published
+            .or_else(|| self.peers.get(&id).cloned())
+            .unwrap_or_default()
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Response {
+        let mut r = match leader {
+            Some(l) if l != 0 && l != self.id => error_response(
+                0,
+                ErrorCode::NOT_LEADER,
+                format!("not leader; leader is {l}"),
+            ),
+            _ => error_response(0, ErrorCode::NOT_LEADER, "not leader; no leader known"),
+        };
+        if let Some(l) = leader.filter(|&l| l != 0 && l != self.id) {
+            r.mut_error().leader_id = l;
+            r.mut_error().leader_addr = self.advertise_of(l);
+        }
+        r
+    }
+
+    async fn write(&self, client_id: u64, seq: u64, op: Op) -> Result<(), Response> {
+        let cmd = Command {
+            client_id,
+            seq,
+            time_ms: crate::command::now_ms(),
+            op,
+        };
+        let submitted = self.proposer.submit(cmd);
+        let outcome = match tokio::time::timeout(self.request_timeout, submitted).await {
+            Err(_) => return Err(timeout_response(true)),
+            Ok(Err(ProposeError::NotLeader(leader))) => return Err(self.not_leader(leader)),
+            Ok(Err(ProposeError::Definite(m))) => {
+                return Err(error_response(
+                    0,
+                    ErrorCode::UNAVAILABLE,
+                    format!("not applied: {m}"),
+                ));
+            }
+            Ok(Err(ProposeError::Unknown(m))) => {
+                let mut r = internal(format!("outcome unknown: {m}"));
+                r.mut_error().outcome_unknown = true;
+                return Err(r);
+            }
+            Ok(Ok(outcome)) => outcome,
+        };
+        match outcome {
+            Outcome::Ok => Ok(()),
+            Outcome::CompareFailed { current } => {
+                let mut r = error_response(0, ErrorCode::COMPARE_FAILED, "compare failed");
+                if let Some(v) = current {
+                    r.mut_error().current = v;
+                    r.mut_error().current_present = true;
+                }
+                Err(r)
+            }
+            Outcome::Stale => {
+                let mut r = internal(
+                    "retried request is older than the de-duplication window; \
+                     an earlier attempt may have been applied",
+                );
+                r.mut_error().outcome_unknown = true;
+                Err(r)
+            }
+            Outcome::Invalid(m) => Err(invalid(m)),
+            Outcome::Multi(_) => {
+                let mut r = internal("unexpected group outcome");
+                r.mut_error().outcome_unknown = true;
+                Err(r)
+            }
+        }
+    }
+
+    /// Waits until a linearizable read may be served locally.
+    async fn read_barrier(&self, serializable: bool) -> Result<(), Response> {
+        if serializable {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.request_timeout, self.handle.read_index()).await {
+            Err(_) => Err(timeout_response(false)),
+            Ok(Err(e)) => Err(raft_error(self, &e, false)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn get(&self, g: proto::Get) -> Result<Response, Response> {
+        check_key(&g.key)?;
+        self.read_barrier(g.serializable).await?;
+        let value =
+            get_user(self.store.current().db(), &g.key).map_err(|e| internal(e.to_string()))?;
+        let mut r = GetResult::new();
+        if let Some(v) = value {
+            r.found = true;
+            r.value = v;
+        }
+        let mut resp = Response::new();
+        resp.set_get(r);
+        Ok(resp)
+    }
+
+    async fn range(&self, q: proto::Range) -> Result<Response, Response> {
+        self.read_barrier(q.serializable).await?;
+        let mut lower = keys::user_key(&q.start);
+        let prefixed = keys::user_key(&q.prefix);
+        if prefixed > lower {
+            lower = prefixed.clone();
+        }
+        let mut upper = keys::prefix_end(&prefixed).unwrap_or_else(keys::user_end);
+        if !q.end.is_empty() {
+            upper = upper.min(keys::user_key(&q.end));
+        }
+        let limit = if q.limit == 0 {
+            self.max_page
+        } else {
+            q.limit.min(self.max_page)
+        } as usize;
+        let mut result = RangeResult::new();
+        if lower < upper {
+            let generation = self.store.current();
+            let mut bytes = 0usize;
+            let iter = generation
+                .db()
+                .scan(lower.as_slice()..upper.as_slice())
+                .map_err(|e| internal(e.to_string()))?;
+            for item in iter {
+                let (k, rec) = item.map_err(|e| internal(e.to_string()))?;
+                if result.pairs.len() == limit || bytes > self.max_page_bytes {
+                    result.more = true;
+                    break;
+                }
+                let mut kv = KeyValue::new();
+                kv.key = keys::strip_user(&k);
+                if !q.keys_only {
+                    kv.value = keys::decode_value(&rec).map_err(internal)?;
+                }
+                bytes += kv.key.len() + kv.value.len() + 8;
+                result.pairs.push(kv);
+            }
+        }
+        let mut resp = Response::new();
+        resp.set_range(result);
+        Ok(resp)
+    }
+
+    async fn status(&self) -> Result<Response, Response> {
+        let s = self
+            .handle
+            .status()
+            .await
+            .map_err(|e| error_response(0, ErrorCode::UNAVAILABLE, e.to_string()))?;
+        let mut r = StatusResult::new();
+        r.node_id = s.id;
+        r.role = match s.role {
+            Role::Leader => proto::Role::ROLE_LEADER,
+            Role::Candidate => proto::Role::ROLE_CANDIDATE,
+            Role::PreCandidate => proto::Role::ROLE_PRE_CANDIDATE,
+            Role::Follower if s.learners.contains(&s.id) => proto::Role::ROLE_LEARNER,
+            Role::Follower => proto::Role::ROLE_FOLLOWER,
+            _ => proto::Role::ROLE_UNKNOWN,
+        }
+        .into();
+        r.term = s.term;
+        r.leader_id = s.leader_id.unwrap_or(0);
+        r.commit_index = s.commit;
+        r.applied_index = s.applied;
+        if r.leader_id != 0 {
+            r.leader_addr = self.advertise_of(r.leader_id);
+        }
+        let mut resp = Response::new();
+        resp.set_status(r);
+        Ok(resp)
+    }
+
+    async fn serve(&self, request: Request) -> Result<Response, Response> {
+        let (client_id, seq) = (request.client_id, request.seq);
+        let mut resp = Response::new();
+        match request.cmd {
+            Some(request::Cmd::Put(p)) => {
+                check_key(&p.key)?;
+                self.write(
+                    client_id,
+                    seq,
+                    Op::Put {
+                        key: p.key,
+                        value: p.value,
+                    },
+                )
+                .await?;
+                resp.set_put(PutResult::new());
+            }
+            Some(request::Cmd::Delete(d)) => {
+                check_key(&d.key)?;
+                self.write(client_id, seq, Op::Delete { key: d.key })
+                    .await?;
+                resp.set_delete(DeleteResult::new());
+            }
+            Some(request::Cmd::Cas(c)) => {
+                check_key(&c.key)?;
+                let op = Op::Cas {
+                    key: c.key,
+                    expected: (!c.expect_absent).then_some(c.expected),
+                    new: c.new_value,
+                };
+                self.write(client_id, seq, op).await?;
+                resp.set_cas(CasResult::new());
+            }
+            Some(request::Cmd::Batch(b)) => {
+                let mut ops = Vec::with_capacity(b.ops.len());
+                for op in b.ops {
+                    ops.push(match op.op {
+                        Some(batch_op::Op::Put(p)) => {
+                            check_key(&p.key)?;
+                            BatchOp::Put {
+                                key: p.key,
+                                value: p.value,
+                            }
+                        }
+                        Some(batch_op::Op::Delete(d)) => {
+                            check_key(&d.key)?;
+                            BatchOp::Delete { key: d.key }
+                        }
+                        _ => return Err(invalid("batch operation without a kind")),
+                    });
+                }
+                self.write(client_id, seq, Op::Batch(ops)).await?;
+                resp.set_batch(BatchResult::new());
+            }
+            Some(request::Cmd::Get(g)) => return self.get(g).await,
+            Some(request::Cmd::Range(q)) => return self.range(q).await,
+            Some(request::Cmd::Status(_)) => return self.status().await,
+            _ => return Err(invalid("unknown command")),
+        }
+        Ok(resp)
+    }
+}
+
+impl Service for KvService {
+    async fn handle(&self, request: Request) -> Response {
+        self.serve(request).await.unwrap_or_else(|e| e)
+    }
+
+    async fn peer_message(&self, message: PeerMessage) {
+        if message.to != self.id {
+            tracing::warn!(to = message.to, "peer message for another node dropped");
+            return;
+        }
+        for m in decode_messages(message.from, message.raft_messages) {
+            if self.handle.step(m).is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn snapshot_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
+        if chunk.to != self.id {
+            return Err(format!(
+                "snapshot for node {}, this is {}",
+                chunk.to, self.id
+            ));
+        }
+        if let Some(msg) = self.snapshots.add(chunk)? {
+            tracing::info!(from = msg.from, "snapshot received");
+            self.handle
+                .step(msg)
+                .map_err(|e| format!("cannot step snapshot: {e}"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! `cargo xtask cluster`: a local cluster of release `kvd` processes
+//! (SPEC section 5).
+//!
+//! Each node runs in its own process group, so a terminal Ctrl-C reaches
+//! only this launcher, which then stops the nodes in order: SIGTERM to each
+//! by PID, a bounded wait, SIGKILL for any node still running, and a reap of
+//! every child.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// How long nodes get to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+struct Args {
+    nodes: u16,
+    base_port: u16,
+    data_dir: PathBuf,
+    fresh: bool,
+}
+
+fn parse(args: &[String], root: &Path) -> Result<Args> {
+    let mut a = Args {
+        nodes: 3,
+        base_port: 7001,
+        data_dir: PathBuf::from("target/cluster"),
+        fresh: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--nodes" => a.nodes = value()?.parse().context("--nodes")?,
+            "--base-port" => a.base_port = value()?.parse().context("--base-port")?,
+            "--data-dir" => a.data_dir = PathBuf::from(value()?),
+            "--fresh" => a.fresh = true,
+            other => bail!(
+                "unknown argument {other}\nusage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]"
+            ),
+        }
+    }
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if u32::from(a.base_port) + u32::from(a.nodes) > 65536 {
+        bail!("ports beyond 65535");
+    }
+    if a.data_dir.is_relative() {
+        a.data_dir = root.join(&a.data_dir);
+    }
+    Ok(a)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// Runs the cluster until Ctrl-C / SIGTERM.
+pub fn run(args: &[String], root: &Path) -> Result<()> {
+    let a = parse(args, root)?;
+    crate::run(&["build", "--release", "-p", "kvd", "-p", "kvctl"])?;
+    let bin = target_dir(root).join("release");
+    let kvd = bin.join("kvd");
+    if a.fresh && a.data_dir.exists() {
+        std::fs::remove_dir_all(&a.data_dir)
+            .with_context(|| format!("removing {}", a.data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    // SAFETY: `on_signal` only stores to an atomic, which is
+    // async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let addrs: Vec<String> = (0..a.nodes)
+        .map(|i| format!("127.0.0.1:{}", a.base_port + i))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("{}={addr}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        let dir = a.data_dir.join(format!("node{id}"));
+        let spawned = Command::new(&kvd)
+            .args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e).with_context(|| format!("starting {}", kvd.display()));
+            }
+        };
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    println!("[node {id}] {line}");
+                }
+            });
+        }
+        children.push((id, child));
+    }
+    let endpoints = addrs.join(",");
+    println!(
+        "cluster of {} nodes, data in {}",
+        a.nodes,
+        a.data_dir.display()
+    );
+    println!("endpoints: {endpoints}");
+    println!(
+        "try:      {} --endpoints {endpoints} status",
+        bin.join("kvctl").display()
+    );
+    println!("Ctrl-C stops the cluster.");
+    let kvctl = bin.join("kvctl");
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    let mut announced = false;
+    let mut exited = vec![false; children.len()];
+    while !STOP.load(Ordering::SeqCst) {
+        if !announced {
+            if let Some(leader) = leader_of(&kvctl, &endpoints) {
+                println!("[xtask] cluster ready: node {leader} is the leader");
+                announced = true;
+            } else if Instant::now() > ready_by {
+                println!("[xtask] no leader after 30 s; see the node logs above");
+                announced = true;
+            }
+        }
+        for (n, (id, child)) in children.iter_mut().enumerate() {
+            if !exited[n]
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                exited[n] = true;
+                println!("[xtask] node {id} exited: {status}");
+            }
+        }
+        if exited.iter().all(|&e| e) {
+            println!("[xtask] every node has exited");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("[xtask] stopping the cluster");
+    stop_all(&mut children);
+    Ok(())
+}
+
+/// The leader id all answering nodes agree on, asked through `kvctl status`.
+fn leader_of(kvctl: &Path, endpoints: &str) -> Option<u64> {
+    let out = Command::new(kvctl)
+        .args(["--endpoints", endpoints, "--timeout", "500ms", "status"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut leader = None;
+    for line in text.lines() {
+        let id = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("leader_id="))?
+            .parse::<u64>()
+            .ok()?;
+        if id == 0 || leader.is_some_and(|l| l != id) {
+            return None;
+        }
+        leader = Some(id);
+    }
+    leader
+}
+
+/// SIGTERM each running child by PID, wait up to [`STOP_GRACE`], then
+/// SIGKILL the rest; reap all.
+fn stop_all(children: &mut [(u16, Child)]) {
+    for (_, child) in children.iter_mut() {
+        if matches!(child.try_wait(), Ok(None)) {
+            let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+            if pid > 0 {
+                // SAFETY: plain syscall on the PID of our own, unreaped child.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (id, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    println!("[xtask] node {id} stopped: {status}");
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    println!("[xtask] node {id} did not stop in time: SIGKILL");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
