@@ -91,6 +91,7 @@ pub struct Node {
 impl Node {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.id);
+        let started_before = self.log_text().matches("node started").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,6 +109,20 @@ impl Node {
             .spawn()
             .expect("spawn kvd");
         self.child = Some(child);
+        self.wait_started(started_before);
+    }
+
+    /// Waits (bounded) until this run of the node logs that it started, so
+    /// that its signal handlers are in place before a test signals it; a
+    /// node that exits instead is left for the test to examine.
+    fn wait_started(&mut self, started_before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.is_running() {
+            if self.log_text().matches("node started").count() > started_before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGTERM and wait (bounded); returns the exit code.
