@@ -30,10 +30,10 @@ impl Inner {
 
     /// Writes the oldest frozen memtable to an L0 table and installs it.
     fn flush_memtable(&self, imm: &Arc<MemTable>) -> Result<()> {
-        let number = self.next_file.fetch_add(1, Ordering::SeqCst);
         let handle = if imm.is_empty() {
             None
         } else {
+            let number = self.next_file.fetch_add(1, Ordering::SeqCst);
             let h = build_table(&self.dir, &self.opts, imm, number)?;
             filename::sync_dir(&self.dir).ctx(&self.dir)?;
             Some(h)
@@ -98,7 +98,6 @@ impl Inner {
 
     fn rotate_manifest(&self, man: &mut ManifestState, edit: &VersionEdit) -> Result<()> {
         let sv = self.current();
-        let deleted: Vec<(usize, u64)> = edit.deleted.clone();
         let mut base = VersionEdit {
             log_number: edit.log_number.or(Some(man.log_number)),
             next_file: None,
@@ -107,7 +106,7 @@ impl Inner {
             added: sv
                 .version
                 .files()
-                .filter(|(l, f)| !deleted.contains(&(*l, f.meta.number)))
+                .filter(|(l, f)| !edit.deleted.contains(&(*l, f.meta.number)))
                 .map(|(l, f)| (l, f.meta.clone()))
                 .collect(),
         };

@@ -228,8 +228,7 @@ impl Db {
     ///
     /// [`Error::Corruption`] when a table read fails its checksum.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.inner.check_poison()?;
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
+        let seq = self.inner.read_seq()?;
         self.inner.get_at(key.as_ref(), seq)
     }
 
@@ -248,8 +247,7 @@ impl Db {
     /// [`Error::Corruption`] when positioning the iterator reads a bad block;
     /// later errors come as items.
     pub fn scan(&self, range: impl KeyRange) -> Result<DbIterator> {
-        self.inner.check_poison()?;
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
+        let seq = self.inner.read_seq()?;
         self.inner.scan_at(range.into_bounds(), seq)
     }
 
@@ -268,8 +266,7 @@ impl Db {
     ///
     /// As [`Db::scan`].
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Result<DbIterator> {
-        self.inner.check_poison()?;
-        let seq = self.inner.visible_seq.load(Ordering::Acquire);
+        let seq = self.inner.read_seq()?;
         self.inner.scan_at(prefix_bounds(prefix.as_ref()), seq)
     }
 
@@ -427,6 +424,13 @@ impl Inner {
     fn notify_bg(&self) {
         let _g = self.bg.lock();
         self.bg_cv.notify_all();
+    }
+
+    /// The sequence number a new read observes, after checking the database
+    /// is usable.
+    fn read_seq(&self) -> Result<u64> {
+        self.check_poison()?;
+        Ok(self.visible_seq.load(Ordering::Acquire))
     }
 
     fn current(&self) -> Arc<SuperVersion> {
