@@ -52,7 +52,7 @@ impl Default for Options {
         Options {
             sync: SyncMode::Always,
             create_if_missing: true,
-            memtable_size: 64 << 20,
+            memtable_size: 16 << 20,
             max_immutable_memtables: 2,
             block_size: 4096,
             block_restart_interval: 4,

@@ -4,10 +4,14 @@
 //! The header has its own checksum so that a damaged length is told apart from
 //! a torn tail: only damage a crash can produce is accepted as a torn tail.
 //!
-//! A torn tail is (a) fewer bytes than a header at the end, (b) only zero
-//! bytes from some record start to the end, (c) a valid header whose payload
-//! runs past the end, or (d) a valid header whose payload checksum fails when
-//! it is the very last record of the file. Anything else is corruption.
+//! Only zero bytes from some record start to the end of the file is the end
+//! of the records, in any file: WAL segments reserve space ahead of the
+//! writes, and the unwritten reservation reads as zeros.
+//!
+//! A torn tail is (a) fewer bytes than a header at the end, (b) a valid
+//! header whose payload runs past the end, or (c) a valid header whose
+//! payload checksum fails when it is the very last record of the file.
+//! Anything else is corruption.
 
 use std::path::Path;
 
@@ -49,7 +53,10 @@ pub(crate) fn parse_all<'a>(
     let mut records = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
-        match parse_one(data, pos) {
+        if data[pos..].iter().all(|&b| b == 0) {
+            break;
+        }
+        match parse_at(&data[pos..], pos) {
             Parsed::Ok(payload, next) => {
                 records.push((pos as u64, payload));
                 pos = next;
@@ -80,14 +87,6 @@ enum Parsed<'a> {
     Ok(&'a [u8], usize),
     Torn(&'static str),
     Corrupt(String),
-}
-
-fn parse_one(data: &[u8], pos: usize) -> Parsed<'_> {
-    let rest = &data[pos..];
-    match parse_at(rest, pos) {
-        Parsed::Corrupt(_) if rest.iter().all(|&b| b == 0) => Parsed::Torn("zero-filled tail"),
-        other => other,
-    }
 }
 
 fn parse_at(rest: &[u8], pos: usize) -> Parsed<'_> {
@@ -159,12 +158,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_tail_is_torn() {
+    fn zero_tail_is_the_end_in_any_file() {
         let mut data = file(&[b"one"]);
         data.extend_from_slice(&[0u8; 100]);
-        let r = parse_all(Path::new("t"), &data, true).expect("zeros are a torn tail");
-        assert_eq!(r.records.len(), 1);
-        assert_eq!(r.torn_at, Some((HEADER_LEN + 3) as u64));
+        for last in [true, false] {
+            let r = parse_all(Path::new("t"), &data, last).expect("zeros end the records");
+            assert_eq!(r.records.len(), 1);
+            assert_eq!(r.torn_at, None);
+        }
+        // Zeros followed by anything else are not a reservation.
+        data.push(1);
         assert!(parse_all(Path::new("t"), &data, false).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! `persist(PersistMode::SyncData)` (fdatasync) after every insert; fjall has
 //! no group commit of its own. Cache 64 MiB (default 32 MiB), compression off
 //! (kv-engine has none; values are random); defaults otherwise (64 MiB write
-//! buffer, 10 bloom bits/key). Compaction: `major_compact` on the partition.
+//! buffer, 16 MiB memtable, 10 bloom bits/key). Compaction: `major_compact` on the partition.
 
 use std::path::Path;
 

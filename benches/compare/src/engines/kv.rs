@@ -6,7 +6,7 @@
 //! unsynced writes durable. fillsync uses `SyncMode::Always` (fdatasync
 //! before a write returns; concurrent writers share fsyncs). kv-engine has no
 //! block cache setting (tables are mmapped, so the OS page cache is its
-//! cache) and no compression. Defaults: 64 MiB memtable, 10 bloom bits/key.
+//! cache) and no compression. Defaults: 16 MiB memtable, 10 bloom bits/key.
 
 use std::path::Path;
 

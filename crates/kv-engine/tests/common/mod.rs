@@ -133,7 +133,8 @@ fn parse_frames_with(data: &[u8], header_crc: bool) -> Option<Vec<Frame>> {
     let header = if header_crc { 12 } else { 8 };
     let mut frames = Vec::new();
     let mut pos = 0usize;
-    while pos < data.len() {
+    // A segment's reserved but unwritten tail reads as zeros.
+    while pos < data.len() && data[pos..].iter().any(|&b| b != 0) {
         let h = data.get(pos..pos + header)?;
         let len_bytes: [u8; 4] = h[0..4].try_into().ok()?;
         let len = u32::from_le_bytes(len_bytes) as usize;
