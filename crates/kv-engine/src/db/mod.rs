@@ -12,7 +12,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ struct Writer {
     /// Freeze the memtable even if it is not full (used by `flush`).
     force_rotate: bool,
     result: Mutex<Option<Result<()>>>,
+    /// Unparked when `result` is set or the writer reaches the front.
+    thread: std::thread::Thread,
 }
 
 /// State only the write leader touches.
@@ -87,7 +89,10 @@ struct Inner {
     opts: Options,
     sv: RwLock<Arc<SuperVersion>>,
     queue: Mutex<VecDeque<Arc<Writer>>>,
-    queue_cv: Condvar,
+    /// Queue length when the last group finished (see `Inner::gather`).
+    group_peak: AtomicUsize,
+    /// Duration of the last WAL fsync, in nanoseconds.
+    last_sync_nanos: AtomicU64,
     wal: Mutex<WalState>,
     visible_seq: AtomicU64,
     next_file: AtomicU64,
@@ -122,6 +127,8 @@ impl std::fmt::Debug for Db {
 }
 
 const MAX_GROUP_BYTES: usize = 4 << 20;
+/// Longest a synced write leader waits for writers to join its group.
+const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
 const MANIFEST_ROTATE_BYTES: u64 = 64 << 20;
 const STALL_WAIT: Duration = Duration::from_millis(100);
 

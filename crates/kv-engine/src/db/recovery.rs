@@ -201,7 +201,8 @@ pub(super) fn recover(dir: PathBuf, opts: Options) -> Result<Inner> {
             version: Arc::new(version),
         })),
         queue: Mutex::new(VecDeque::new()),
-        queue_cv: Condvar::new(),
+        group_peak: AtomicUsize::new(0),
+        last_sync_nanos: AtomicU64::new(0),
         wal: Mutex::new(WalState {
             wal,
             last_seq,

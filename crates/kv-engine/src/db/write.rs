@@ -1,7 +1,11 @@
 //! The write path: group commit, memtable rotation and write throttling.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use parking_lot::MutexGuard;
 
 use super::*;
 
@@ -13,6 +17,7 @@ impl Inner {
             batch,
             force_rotate,
             result: Mutex::new(None),
+            thread: std::thread::current(),
         });
         let mut q = self.queue.lock();
         q.push_back(me.clone());
@@ -23,16 +28,14 @@ impl Inner {
             if q.front().is_some_and(|f| Arc::ptr_eq(f, &me)) {
                 break;
             }
-            self.queue_cv.wait(&mut q);
-        }
-        if q.len() == 1 && self.opts.sync == SyncMode::Always {
-            // Alone at the front of a synced write: writers just released by
-            // the previous group are likely about to queue up. Letting them
-            // in first makes the next fsync cover them too instead of
-            // alternating between groups of one and groups of many.
+            // Woken by the leader that finished our group, or that made us
+            // the front of the queue; a spurious wake-up just loops.
             drop(q);
-            std::thread::yield_now();
+            std::thread::park();
             q = self.queue.lock();
+        }
+        if self.opts.sync == SyncMode::Always {
+            q = self.gather(q);
         }
         let mut group = Vec::new();
         let mut bytes = 0;
@@ -47,6 +50,15 @@ impl Inner {
 
         let result = self.commit_group(&group);
         let mut q = self.queue.lock();
+        // Writers in this group plus those that queued up behind it: how
+        // many the next group can expect once this one's writers return.
+        self.group_peak.store(q.len(), Ordering::Relaxed);
+        let mut wake = Vec::with_capacity(group.len());
+        // The next leader first: it can start gathering its group while the
+        // others are being woken.
+        if let Some(next) = q.get(group.len()) {
+            wake.push(next.thread.clone());
+        }
         for w in &group {
             q.pop_front();
             if !Arc::ptr_eq(w, &me) {
@@ -55,10 +67,40 @@ impl Inner {
                     Err(e) => Err(e.duplicate()),
                 };
                 *w.result.lock() = Some(r);
+                wake.push(w.thread.clone());
             }
         }
-        self.queue_cv.notify_all();
+        drop(q);
+        // Wake-ups are system calls: make them without holding the queue.
+        for t in wake {
+            t.unpark();
+        }
         result
+    }
+
+    /// Before a synced group starts, gives writers released by the previous
+    /// group a moment to queue up again, so that one fsync covers them all
+    /// instead of groups alternating between few and many. Waits only while
+    /// fewer writers are queued than were active around the previous group,
+    /// and at most half the duration of the previous fsync: a lone writer
+    /// never waits.
+    fn gather<'a>(
+        &'a self,
+        mut q: MutexGuard<'a, VecDeque<Arc<Writer>>>,
+    ) -> MutexGuard<'a, VecDeque<Arc<Writer>>> {
+        let expected = self.group_peak.load(Ordering::Relaxed);
+        if q.len() >= expected {
+            return q;
+        }
+        let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed) / 2)
+            .min(MAX_GATHER_WAIT);
+        let deadline = Instant::now() + budget;
+        while q.len() < expected && Instant::now() < deadline {
+            drop(q);
+            std::thread::yield_now();
+            q = self.queue.lock();
+        }
+        q
     }
 
     fn commit_group(&self, group: &[Arc<Writer>]) -> Result<()> {
@@ -94,10 +136,13 @@ impl Inner {
         }
         stats::add(&self.counters.wal_writes, 1);
         if self.opts.sync == SyncMode::Always {
+            let started = Instant::now();
             if let Err(e) = wal.sync() {
                 self.poison(&e);
                 return Err(e);
             }
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_sync_nanos.store(took, Ordering::Relaxed);
             stats::add(&self.counters.wal_syncs, 1);
         }
         let mem = self.current().mem.clone();
