@@ -1,13 +1,19 @@
 //! Data and index blocks: prefix-compressed entries with restart points.
 //!
 //! Entry: `shared: varint, unshared: varint, value_len: varint, key[shared..], value`.
-//! Trailer: `restart offsets: u32 LE each, count: u32 LE`.
+//! Trailer: `restart key prefixes: u64 LE each, restart offsets: u32 LE each,
+//! count: u32 LE`.
+//!
+//! A restart key's prefix is its user key's first 8 bytes as a big-endian
+//! number ([`key::prefix`]). A seek binary-searches those packed numbers,
+//! which sit in one or two cache lines, and reads a restart entry itself only
+//! when a prefix ties, instead of touching a scattered entry on every probe.
 
 use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use crate::coding::{Reader, put_varint, u32_at};
+use crate::coding::{Reader, put_varint, u32_at, u64_at};
 use crate::key;
 
 /// Accumulates sorted entries into one block.
@@ -15,6 +21,7 @@ use crate::key;
 pub(crate) struct BlockBuilder {
     buf: Vec<u8>,
     restarts: Vec<u32>,
+    prefixes: Vec<u64>,
     interval: usize,
     since_restart: usize,
     last_key: Vec<u8>,
@@ -24,7 +31,8 @@ impl BlockBuilder {
     pub(crate) fn new(interval: usize) -> Self {
         BlockBuilder {
             buf: Vec::new(),
-            restarts: vec![0],
+            restarts: Vec::new(),
+            prefixes: Vec::new(),
             interval,
             since_restart: 0,
             last_key: Vec::new(),
@@ -32,8 +40,9 @@ impl BlockBuilder {
     }
 
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
-        let shared = if self.since_restart >= self.interval {
+        let shared = if self.restarts.is_empty() || self.since_restart >= self.interval {
             self.restarts.push(self.buf.len() as u32);
+            self.prefixes.push(key::prefix(key));
             self.since_restart = 0;
             0
         } else {
@@ -57,7 +66,7 @@ impl BlockBuilder {
     }
 
     pub(crate) fn size_estimate(&self) -> usize {
-        self.buf.len() + self.restarts.len() * 4 + 4
+        self.buf.len() + self.restarts.len() * 12 + 4
     }
 
     pub(crate) fn last_key(&self) -> &[u8] {
@@ -67,11 +76,19 @@ impl BlockBuilder {
     /// Finishes the block and resets the builder.
     pub(crate) fn finish(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.buf);
+        if self.restarts.is_empty() {
+            self.restarts.push(0);
+            self.prefixes.push(0);
+        }
+        for p in &self.prefixes {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
         for r in &self.restarts {
             out.extend_from_slice(&r.to_le_bytes());
         }
         out.extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
-        self.restarts = vec![0];
+        self.restarts.clear();
+        self.prefixes.clear();
         self.since_restart = 0;
         self.last_key.clear();
         out
@@ -89,8 +106,10 @@ pub(crate) struct BadBlock(pub(crate) &'static str);
 #[derive(Debug, Clone)]
 pub(crate) struct BlockIter<B = Bytes> {
     data: B,
-    /// End of the entries (start of the restart array).
+    /// End of the entries (start of the restart prefixes).
     limit: usize,
+    /// Start of the restart offsets.
+    offsets_at: usize,
     num_restarts: usize,
     /// Offset of the current entry; `limit` when exhausted.
     cur: usize,
@@ -113,7 +132,7 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
             .and_then(|at| u32_at(data.as_ref(), at))
             .ok_or(BadBlock("block too short"))? as usize;
         let limit = count
-            .checked_mul(4)
+            .checked_mul(12)
             .and_then(|r| n.checked_sub(4 + r))
             .ok_or(BadBlock("restart count larger than block"))?;
         if count == 0 {
@@ -122,6 +141,7 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
         Ok(BlockIter {
             data,
             limit,
+            offsets_at: limit + count * 8,
             num_restarts: count,
             cur: limit,
             next: limit,
@@ -148,7 +168,7 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
     }
 
     fn restart(&self, i: usize) -> Result<usize, BadBlock> {
-        let off = u32_at(self.data.as_ref(), self.limit + i * 4)
+        let off = u32_at(self.data.as_ref(), self.offsets_at + i * 4)
             .ok_or(BadBlock("restart array cut short"))? as usize;
         if off > self.limit {
             return Err(BadBlock("restart point past the entries"));
@@ -219,10 +239,17 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
     /// Positions at the first entry whose key is >= `target`.
     pub(crate) fn seek(&mut self, target: &[u8]) -> Result<(), BadBlock> {
         // Binary search for the last restart point whose key is < target.
+        let target_prefix = key::prefix(target);
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            if key::compare(self.restart_key(mid)?, target) == Ordering::Less {
+            let prefix = u64_at(self.data.as_ref(), self.limit + mid * 8)
+                .ok_or(BadBlock("restart prefixes cut short"))?;
+            let less = match prefix.cmp(&target_prefix) {
+                Ordering::Equal => key::compare(self.restart_key(mid)?, target) == Ordering::Less,
+                o => o == Ordering::Less,
+            };
+            if less {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -273,6 +300,43 @@ mod tests {
         assert_eq!(n, keys.len());
         it.seek(&key::lookup(b"zzz", 1)).expect("seek past end");
         assert!(!it.valid());
+    }
+
+    /// Restart prefixes that tie (long shared prefixes) or are zero-padded
+    /// (keys shorter than 8 bytes, keys ending in zero bytes) must fall back
+    /// to comparing whole keys.
+    #[test]
+    fn seek_with_tied_and_short_prefixes() {
+        let mut users: Vec<Vec<u8>> = (0..60)
+            .map(|i| format!("shared-prefix-{i:04}").into_bytes())
+            .collect();
+        for k in [
+            &b""[..],
+            b"a",
+            b"a\0",
+            b"a\0\0",
+            b"ab",
+            b"ab\0\0\0\0\0\0\x01",
+            b"b",
+        ] {
+            users.push(k.to_vec());
+        }
+        users.sort();
+        for interval in [1, 2, 4, 16] {
+            let mut b = BlockBuilder::new(interval);
+            for u in &users {
+                b.add(&key::make(u, 9, Kind::Put), u);
+            }
+            let mut it = BlockIter::new(Bytes::from(b.finish())).expect("valid block");
+            for u in &users {
+                it.seek(&key::lookup(u, 20)).expect("seek");
+                assert_eq!(key::user_key(it.key()), &u[..], "interval {interval}");
+                assert_eq!(it.value_slice(), &u[..]);
+            }
+            // Between keys: lands on the next one.
+            it.seek(&key::lookup(b"a\0\0\0", 20)).expect("seek");
+            assert_eq!(key::user_key(it.key()), b"ab");
+        }
     }
 
     #[test]

@@ -17,5 +17,5 @@ pub use builder::TableBuilder;
 pub(crate) use table::TableIter;
 pub use table::{Table, TableMeta};
 
-pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5631; // "FlashKV1"
+pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5632; // "FlashKV2"
 pub(crate) const FOOTER_LEN: usize = 5 * 8 + 4 + 8;
