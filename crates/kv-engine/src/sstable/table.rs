@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use bytes::Bytes;
 
@@ -43,28 +43,37 @@ impl TableMeta {
     }
 }
 
+/// One data block in the in-memory index: the `key::prefix` of its last
+/// key and where it starts. Blocks are contiguous (each followed by its
+/// 4-byte checksum), so block `i` ends 4 bytes before block `i + 1` starts; a
+/// sentinel slot after the last block holds the end of the data blocks.
+///
+/// A lookup's binary search runs over these 16-byte slots, and its last
+/// probe has already brought the block's offset (and usually the next
+/// slot's) into cache, instead of a separate index entry and flag.
 #[derive(Debug)]
-struct IndexEntry {
-    /// Where the block's last key lies in `Table::index_keys`.
-    key_at: usize,
-    key_len: usize,
-    offset: usize,
-    len: usize,
+#[repr(C, align(16))]
+struct Slot {
+    prefix: u64,
+    /// Offset of the block, with [`VERIFIED`] set once its checksum passed.
+    offset: AtomicU64,
 }
+
+const VERIFIED: u64 = 1 << 63;
 
 /// An open, memory-mapped table.
 #[derive(Debug)]
 pub struct Table {
     path: PathBuf,
     data: Bytes,
-    index: Vec<IndexEntry>,
-    /// The last key of every data block, back to back.
+    /// One slot per data block plus the sentinel.
+    slots: Vec<Slot>,
+    /// The last key of every data block, back to back (read only when
+    /// prefixes tie).
     index_keys: Vec<u8>,
-    /// `key::prefix` of each block's last key, densely packed: most steps of
-    /// the binary search over blocks are decided here, in few cache lines.
-    index_prefixes: Vec<u64>,
+    /// Where each block's last key ends in `index_keys`.
+    key_ends: Vec<usize>,
     filter: Bytes,
-    verified: Vec<AtomicBool>,
 }
 
 impl Table {
@@ -113,9 +122,11 @@ impl Table {
         };
         let filter = check(bloom_off, bloom_len, "bloom filter")?;
         let index_block = check(index_off, index_len, "index")?;
-        let mut index = Vec::new();
+        let data_end = bloom_off.min(index_off);
+        let mut slots = Vec::new();
         let mut index_keys = Vec::new();
-        let mut index_prefixes = Vec::new();
+        let mut key_ends = Vec::new();
+        let mut expect_off = 0usize;
         let mut it = BlockIter::new(index_block).map_err(|e| corrupt(index_off, e.0))?;
         it.seek_to_first().map_err(|e| corrupt(index_off, e.0))?;
         while it.valid() {
@@ -124,39 +135,50 @@ impl Table {
                 return Err(corrupt(index_off, "malformed index entry"));
             };
             let (off, len) = (off as usize, len as usize);
-            if off
-                .checked_add(len)
-                .is_none_or(|e| e.saturating_add(4) > bloom_off.min(index_off))
-            {
+            if off != expect_off {
                 return Err(corrupt(
                     index_off,
-                    "index entry points outside the data blocks",
+                    "index entry does not start where the previous block ended",
                 ));
             }
+            expect_off = off
+                .checked_add(len)
+                .and_then(|e| e.checked_add(4))
+                .filter(|&e| e <= data_end)
+                .ok_or_else(|| corrupt(index_off, "index entry points outside the data blocks"))?;
             if key::parse(it.key()).is_none() {
                 return Err(corrupt(index_off, "malformed key in index"));
             }
-
-            index_prefixes.push(key::prefix(it.key()));
-            index.push(IndexEntry {
-                key_at: index_keys.len(),
-                key_len: it.key().len(),
-                offset: off,
-                len,
+            slots.push(Slot {
+                prefix: key::prefix(it.key()),
+                offset: AtomicU64::new(off as u64),
             });
             index_keys.extend_from_slice(it.key());
+            key_ends.push(index_keys.len());
             it.next().map_err(|e| corrupt(index_off, e.0))?;
         }
-        let verified = index.iter().map(|_| AtomicBool::new(false)).collect();
+        slots.push(Slot {
+            prefix: u64::MAX,
+            offset: AtomicU64::new(expect_off as u64),
+        });
         Ok(Arc::new(Table {
             path: path.to_path_buf(),
             data,
-            index,
+            slots,
             index_keys,
-            index_prefixes,
+            key_ends,
             filter,
-            verified,
         }))
+    }
+
+    /// Number of data blocks.
+    fn num_blocks(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Offset of data block `i` (`i <= num_blocks()`).
+    fn block_offset(&self, i: usize) -> usize {
+        (self.slots[i].offset.load(AtomicOrdering::Relaxed) & !VERIFIED) as usize
     }
 
     pub(crate) fn may_contain(&self, hash: u64) -> bool {
@@ -164,25 +186,35 @@ impl Table {
     }
 
     fn bad(&self, block: usize, e: BadBlock) -> Error {
-        let off = self.index.get(block).map_or(0, |b| b.offset);
+        let off = if block < self.slots.len() {
+            self.block_offset(block)
+        } else {
+            0
+        };
         Error::corruption(&self.path, off as u64, e.0)
     }
 
     /// Data block `i`, its checksum verified on first use.
     fn block_slice(&self, i: usize) -> Result<&[u8]> {
-        let Some(h) = self.index.get(i) else {
+        if i >= self.num_blocks() {
             return Err(Error::corruption(&self.path, 0, "block index out of range"));
-        };
-        let block = &self.data[h.offset..h.offset + h.len];
-        if !self.verified[i].load(AtomicOrdering::Relaxed) {
-            if u32_at(&self.data, h.offset + h.len) != Some(crc32fast::hash(block)) {
+        }
+        let raw = self.slots[i].offset.load(AtomicOrdering::Relaxed);
+        let offset = (raw & !VERIFIED) as usize;
+        // Checked at open: blocks are contiguous and end within the data.
+        let end = self.block_offset(i + 1) - 4;
+        let block = &self.data[offset..end];
+        if raw & VERIFIED == 0 {
+            if u32_at(&self.data, end) != Some(crc32fast::hash(block)) {
                 return Err(Error::corruption(
                     &self.path,
-                    h.offset as u64,
+                    offset as u64,
                     "data block checksum mismatch",
                 ));
             }
-            self.verified[i].store(true, AtomicOrdering::Relaxed);
+            self.slots[i]
+                .offset
+                .fetch_or(VERIFIED, AtomicOrdering::Relaxed);
         }
         Ok(block)
     }
@@ -195,13 +227,13 @@ impl Table {
     /// Index of the first block whose last key is >= `target`.
     fn find_block(&self, target: &[u8]) -> usize {
         let prefix = key::prefix(target);
-        let (mut lo, mut hi) = (0, self.index.len());
+        let (mut lo, mut hi) = (0, self.num_blocks());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let less = match self.index_prefixes[mid].cmp(&prefix) {
+            let less = match self.slots[mid].prefix.cmp(&prefix) {
                 Ordering::Equal => {
-                    let b = &self.index[mid];
-                    key::compare(&self.index_keys[b.key_at..b.key_at + b.key_len], target)
+                    let start = if mid == 0 { 0 } else { self.key_ends[mid - 1] };
+                    key::compare(&self.index_keys[start..self.key_ends[mid]], target)
                         == Ordering::Less
                 }
                 o => o == Ordering::Less,
@@ -219,7 +251,7 @@ impl Table {
     /// visible at its sequence, if this table has one.
     pub(crate) fn get(&self, lookup: &[u8]) -> Result<Option<(Kind, Bytes)>> {
         let i = self.find_block(lookup);
-        if i >= self.index.len() {
+        if i >= self.num_blocks() {
             return Ok(None);
         }
         let block = self.block_slice(i)?;
@@ -259,7 +291,7 @@ impl TableIter {
     fn skip_exhausted(&mut self) -> Result<()> {
         while self.block.as_ref().is_some_and(|b| !b.valid()) {
             self.block_idx += 1;
-            if self.block_idx >= self.table.index.len() {
+            if self.block_idx >= self.table.num_blocks() {
                 self.block = None;
                 return Ok(());
             }
@@ -295,7 +327,7 @@ impl InternalIterator for TableIter {
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
         self.block_idx = self.table.find_block(target);
-        if self.block_idx >= self.table.index.len() {
+        if self.block_idx >= self.table.num_blocks() {
             self.block = None;
             return Ok(());
         }
@@ -308,7 +340,7 @@ impl InternalIterator for TableIter {
 
     fn seek_to_first(&mut self) -> Result<()> {
         self.block_idx = 0;
-        if self.table.index.is_empty() {
+        if self.table.num_blocks() == 0 {
             self.block = None;
             return Ok(());
         }
