@@ -35,8 +35,7 @@ pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
-/// Maps the first `len` bytes of a WAL segment read-write, pre-faulting the
-/// pages so that appends are plain memory copies.
+/// Maps the first `len` bytes of a WAL segment read-write.
 ///
 /// # Errors
 ///
@@ -51,11 +50,5 @@ pub(crate) fn map_wal(file: &File, path: &Path, len: u64) -> Result<memmap2::Mma
     // touching the pages cannot hit a hole (no SIGBUS on a full disk). The
     // engine never shortens the file while this mapping exists: `Wal`
     // truncates it only after dropping the mapping.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .len(len)
-            .populate()
-            .map_mut(file)
-    }
-    .ctx(path)
+    unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }.ctx(path)
 }

@@ -17,6 +17,9 @@ use crate::record;
 /// grows, by at most [`MAX_GROWTH`] at a time.
 const FIRST_CHUNK: u64 = 1 << 20;
 const MAX_GROWTH: u64 = 16 << 20;
+/// Pages ahead of the writes are faulted in writable this many bytes at a
+/// time, in one call, instead of one write fault per page on the write path.
+const POPULATE_AHEAD: u64 = 1 << 20;
 
 /// An open WAL segment being appended to.
 ///
@@ -37,6 +40,8 @@ pub struct Wal {
     len: u64,
     /// The mapping of the reserved bytes, `None` in the `pwrite` fallback.
     map: Option<memmap2::MmapMut>,
+    /// Bytes of the mapping already faulted in writable.
+    populated: u64,
 }
 
 impl Wal {
@@ -59,6 +64,7 @@ impl Wal {
             path,
             len: 0,
             map: None,
+            populated: 0,
         };
         wal.reserve(FIRST_CHUNK)?;
         Ok(wal)
@@ -81,6 +87,8 @@ impl Wal {
             Err(e) => return Err(Error::io(&self.path, e.into())),
         }
         self.map = Some(crate::mmap::map_wal(&self.file, &self.path, want)?);
+        // The written part is never touched again.
+        self.populated = self.len & !4095;
         Ok(())
     }
 
@@ -97,6 +105,18 @@ impl Wal {
         }
         match &mut self.map {
             Some(map) => {
+                if end > self.populated {
+                    let from = self.populated;
+                    let upto = (end + POPULATE_AHEAD).min(map.len() as u64);
+                    // Best effort: without it (older kernels) the pages fault
+                    // in one by one as they are written.
+                    let _ = map.advise_range(
+                        memmap2::Advice::PopulateWrite,
+                        from as usize,
+                        (upto - from) as usize,
+                    );
+                    self.populated = upto;
+                }
                 // `len` and `end` are within the mapping, which is at most
                 // `usize::MAX` bytes long.
                 map[self.len as usize..end as usize].copy_from_slice(framed);
