@@ -2,23 +2,40 @@
 //!
 //! One writer at a time inserts (the write leader); any number of readers
 //! look up and iterate concurrently without locks.
+//!
+//! Layout matters more than anything else here: a random insert is mostly
+//! cache misses on skiplist nodes. crossbeam's node is `value, key, refcount,
+//! tower`; with the value stored inside the key's buffer (the map's value is
+//! `()`) and the key's 8-byte prefix as its last field, the prefix that
+//! decides most comparisons shares a cache line with the tower pointers the
+//! search follows. Keeping the value as a separate `Bytes` put them about 50
+//! bytes apart, usually on two lines; the change doubled random-insert
+//! throughput in the `compare` benchmark (≈300 K to ≈550–650 K puts/s).
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_skiplist::SkipMap;
+use parking_lot::Mutex;
 
 use crate::key::{self, InternalKey, Kind};
 
-/// Per-entry overhead charged against the memtable budget (skiplist node,
-/// two `Bytes` handles).
+/// Per-entry overhead charged against the memtable budget (skiplist node
+/// with its `Bytes` handle).
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Entries are copied into arena chunks of this size (a larger entry gets a
+/// chunk of its own): no allocation per write, and one free per chunk when
+/// the memtable goes. A value handed out by `get` keeps its chunk alive.
+const ARENA_CHUNK: usize = 1 << 20;
 
 /// An in-memory sorted buffer of recent writes, backed by one WAL segment.
 #[derive(Debug)]
 pub struct MemTable {
-    map: SkipMap<InternalKey, Bytes>,
+    /// Each key carries its value (see [`InternalKey`]).
+    map: SkipMap<InternalKey, ()>,
+    arena: Mutex<BytesMut>,
     size: AtomicUsize,
     /// The number of the WAL segment holding this memtable's writes.
     wal_number: u64,
@@ -28,6 +45,7 @@ impl MemTable {
     pub(crate) fn new(wal_number: u64) -> Self {
         MemTable {
             map: SkipMap::new(),
+            arena: Mutex::new(BytesMut::new()),
             size: AtomicUsize::new(0),
             wal_number,
         }
@@ -38,13 +56,20 @@ impl MemTable {
     }
 
     pub(crate) fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, value: &[u8]) {
-        let ikey = key::make(user_key, seq, kind);
-        self.size
-            .fetch_add(ikey.len() + value.len() + ENTRY_OVERHEAD, Ordering::Relaxed);
-        self.map.insert(
-            InternalKey::new(Bytes::from(ikey)),
-            Bytes::copy_from_slice(value),
-        );
+        let klen = user_key.len() + key::TRAILER_LEN;
+        let len = klen + value.len();
+        let entry = {
+            let mut arena = self.arena.lock();
+            if arena.capacity() < len {
+                *arena = BytesMut::with_capacity(len.max(ARENA_CHUNK));
+            }
+            arena.extend_from_slice(user_key);
+            arena.extend_from_slice(&key::trailer_of(seq, kind).to_be_bytes());
+            arena.extend_from_slice(value);
+            arena.split().freeze()
+        };
+        self.size.fetch_add(len + ENTRY_OVERHEAD, Ordering::Relaxed);
+        self.map.insert(InternalKey::with_value(entry, klen), ());
     }
 
     /// The newest entry for the user key of `probe` (a lookup key from
@@ -58,7 +83,7 @@ impl MemTable {
             return None;
         }
         Some(match kind {
-            Kind::Put => Some(entry.value().clone()),
+            Kind::Put => Some(entry.key().value()),
             Kind::Delete => None,
         })
     }
@@ -83,7 +108,7 @@ impl MemTable {
     ) {
         out.clear();
         for e in self.map.range((from, Bound::Unbounded)).take(max) {
-            out.push((e.key().bytes().clone(), e.value().clone()));
+            out.push((e.key().key_bytes(), e.key().value()));
         }
     }
 
@@ -93,7 +118,7 @@ impl MemTable {
         mut f: impl FnMut(&[u8], &[u8]) -> crate::Result<()>,
     ) -> crate::Result<()> {
         for e in self.map.iter() {
-            f(e.key().bytes(), e.value())?;
+            f(e.key().bytes(), e.key().value_slice())?;
         }
         Ok(())
     }
@@ -116,5 +141,42 @@ mod tests {
         assert_eq!(get(b"k", 4), Some(None));
         assert_eq!(get(b"k", 9), Some(Some(Bytes::from_static(b"v5"))));
         assert_eq!(get(b"j", 9), None);
+    }
+
+    #[test]
+    fn entries_larger_than_an_arena_chunk_and_many_small_ones() {
+        let m = MemTable::new(1);
+        let big = vec![0x5au8; ARENA_CHUNK * 2 + 17];
+        let mut want = Vec::new();
+        for i in 0..20_000u32 {
+            let k = format!("k{i:06}").into_bytes();
+            let v = if i % 5000 == 7 {
+                big.clone()
+            } else {
+                i.to_be_bytes().to_vec()
+            };
+            m.insert(&k, u64::from(i) + 1, Kind::Put, &v);
+            want.push((k, v));
+        }
+        let held = {
+            let probe = InternalKey::new(Bytes::from(key::lookup(&want[7].0, 99_999)));
+            m.get(&probe).expect("present").expect("a put")
+        };
+        for (k, v) in &want {
+            let probe = InternalKey::new(Bytes::from(key::lookup(k, 99_999)));
+            assert_eq!(m.get(&probe), Some(Some(Bytes::from(v.clone()))));
+        }
+        let mut n = 0;
+        m.for_each(|ik, v| {
+            assert_eq!(key::user_key(ik), &want[n].0[..]);
+            assert_eq!(v, &want[n].1[..]);
+            n += 1;
+            Ok(())
+        })
+        .expect("for_each");
+        assert_eq!(n, want.len());
+        drop(m);
+        // A value handed out outlives its memtable.
+        assert_eq!(held, Bytes::from(big));
     }
 }
