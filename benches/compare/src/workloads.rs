@@ -183,7 +183,12 @@ pub fn run_engine(
         });
     }
     // The disk's rate is measured right before each engine's fillsync, so
-    // that the two see the same disk weather.
+    // that the two see the same disk weather. Before either, the dirty pages
+    // the earlier workloads left behind (hundreds of MiB) are written out, so
+    // that no engine's fsyncs queue behind the kernel's writeback of them.
+    if ["fdatasync", "fillsync1", "fillsyncN"].iter().any(|w| selected(w)) {
+        settle_disk();
+    }
     if (selected("fdatasync") || selected("fillsync1")) && name != "btreemap" {
         guarded("fdatasync", &mut |rec| {
             let n = data.sync_keys.len();
@@ -501,6 +506,11 @@ fn fill_sync(name: &str, data: &Data, cfg: &Config, threads: usize) -> Result<Ce
 }
 
 /// The disk's raw rate of small durable appends: write(116 bytes) +
+/// Writes out all dirty pages system-wide (`sync(1)`); best effort.
+fn settle_disk() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// fdatasync on a plain file, the floor under any fillsync.
 fn fdatasync_rate(root: &Path, n: usize, max_secs: f64) -> Result<Timed> {
     use std::io::Write;

@@ -19,10 +19,14 @@
 //!
 //! # Layout
 //!
-//! - `wal`: write-ahead log segments of CRC-checked records, group commit.
-//! - `memtable`: the in-memory sorted buffer (crossbeam-skiplist).
-//! - `sstable`: immutable sorted tables (data blocks with restart points,
-//!   index block, bloom filter, checksummed footer), read through `mmap`.
+//! - `wal`: write-ahead log segments of CRC-checked records, group commit;
+//!   segments are reserved ahead with `fallocate` and written through a
+//!   mapping, and an unwritten (zero) tail ends a segment.
+//! - `memtable`: the in-memory sorted buffer (crossbeam-skiplist whose keys
+//!   carry their values, carved from 1 MiB arena chunks).
+//! - `sstable`: immutable sorted tables (data blocks with restart points whose
+//!   key prefixes are packed in the block trailer, index block, bloom filter,
+//!   checksummed footer), read through `mmap`.
 //! - `manifest` / `version`: the set of live tables as a log of edits with an
 //!   atomically replaced `CURRENT` pointer.
 //! - `compaction`: leveled background compaction.

@@ -2,8 +2,9 @@
 //! [`record`](crate::record)-framed write batches.
 //!
 //! Group commit lives in the `Db` write path: the write leader encodes the
-//! batches of every waiting writer, appends them with one `write` and makes
-//! them durable with one `fdatasync`.
+//! batches of every waiting writer, appends them with one copy into the
+//! segment's mapping (see [`Wal`]) and makes them durable with one
+//! `fdatasync`.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
