@@ -40,6 +40,39 @@ pub(crate) fn lookup(user_key: &[u8], seq: u64) -> Vec<u8> {
     v
 }
 
+/// A lookup key ([`lookup`]) built on the stack when the user key is short,
+/// so that a point read allocates nothing.
+pub(crate) enum LookupKey {
+    Inline([u8; LookupKey::INLINE], usize),
+    Heap(Vec<u8>),
+}
+
+impl LookupKey {
+    const INLINE: usize = 64;
+
+    pub(crate) fn new(user_key: &[u8], seq: u64) -> Self {
+        let n = user_key.len() + TRAILER_LEN;
+        if n > Self::INLINE {
+            return LookupKey::Heap(lookup(user_key, seq));
+        }
+        let mut buf = [0u8; Self::INLINE];
+        buf[..user_key.len()].copy_from_slice(user_key);
+        buf[user_key.len()..n].copy_from_slice(&((seq << 8) | 0xff).to_be_bytes());
+        LookupKey::Inline(buf, n)
+    }
+}
+
+impl std::ops::Deref for LookupKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            LookupKey::Inline(buf, n) => &buf[..*n],
+            LookupKey::Heap(v) => v,
+        }
+    }
+}
+
 /// Splits an internal key. `None` if it is too short or has an unknown kind.
 pub(crate) fn parse(ikey: &[u8]) -> Option<(&[u8], u64, Kind)> {
     let split = ikey.len().checked_sub(TRAILER_LEN)?;
@@ -186,6 +219,9 @@ mod tests {
         assert_eq!(compare(&lookup(b"a", 1), &a1), Ordering::Less);
         assert_eq!(compare(&lookup(b"a", 1), &a2), Ordering::Greater);
         assert_eq!(parse(&a2), Some((&b"a"[..], 2, Kind::Put)));
+        for k in [&b""[..], b"a", &[7u8; 56], &[7u8; 57], &[9u8; 300]] {
+            assert_eq!(&*LookupKey::new(k, 42), &lookup(k, 42)[..]);
+        }
         assert_eq!(parse(b"short"), None);
     }
 }

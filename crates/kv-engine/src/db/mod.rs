@@ -447,17 +447,20 @@ impl Inner {
     fn get_at(&self, key: &[u8], seq: u64) -> Result<Option<Bytes>> {
         stats::add(&self.counters.gets, 1);
         let sv = self.current();
-        let probe = InternalKey::new(Bytes::from(key::lookup(key, seq)));
-        if let Some(r) = sv.mem.get(&probe) {
-            return Ok(r);
-        }
-        for m in &sv.imms {
-            if let Some(r) = m.get(&probe) {
+        let lookup = key::LookupKey::new(key, seq);
+        if !sv.mem.is_empty() || !sv.imms.is_empty() {
+            let probe = InternalKey::new(Bytes::copy_from_slice(&lookup));
+            if let Some(r) = sv.mem.get(&probe) {
                 return Ok(r);
+            }
+            for m in &sv.imms {
+                if let Some(r) = m.get(&probe) {
+                    return Ok(r);
+                }
             }
         }
         let mut ls = LookupStats::default();
-        let r = sv.version.get(probe.bytes(), &mut ls);
+        let r = sv.version.get(&lookup, &mut ls);
         stats::add(&self.counters.bloom_checks, ls.bloom_checks);
         stats::add(&self.counters.bloom_negatives, ls.bloom_negatives);
         Ok(r?.flatten())
