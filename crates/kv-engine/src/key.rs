@@ -139,7 +139,7 @@ pub(crate) fn prefix(ikey: &[u8]) -> u64 {
 #[repr(C)]
 pub(crate) struct InternalKey {
     entry: Bytes,
-    klen: u32,
+    klen: usize,
     prefix: u64,
 }
 
@@ -151,34 +151,33 @@ impl InternalKey {
     }
 
     /// An internal key of `klen` bytes followed by its value in `entry`.
-    /// Keys are bounded by the WAL record size, so `klen` fits in `u32`.
     pub(crate) fn with_value(entry: Bytes, klen: usize) -> Self {
         let klen = klen.min(entry.len());
         InternalKey {
             prefix: prefix(&entry[..klen]),
-            klen: u32::try_from(klen).unwrap_or(u32::MAX),
+            klen,
             entry,
         }
     }
 
     /// The internal key.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.entry[..self.klen as usize]
+        &self.entry[..self.klen]
     }
 
     /// The internal key as a shared buffer.
     pub(crate) fn key_bytes(&self) -> Bytes {
-        self.entry.slice(..self.klen as usize)
+        self.entry.slice(..self.klen)
     }
 
     /// The value stored after the key, borrowed.
     pub(crate) fn value_slice(&self) -> &[u8] {
-        &self.entry[self.klen as usize..]
+        &self.entry[self.klen..]
     }
 
     /// The value stored after the key (empty for a key alone).
     pub(crate) fn value(&self) -> Bytes {
-        self.entry.slice(self.klen as usize..)
+        self.entry.slice(self.klen..)
     }
 }
 

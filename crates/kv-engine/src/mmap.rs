@@ -46,9 +46,14 @@ pub(crate) fn map_wal(file: &File, path: &Path, len: u64) -> Result<memmap2::Mma
     })?;
     // SAFETY: the segment was created by this process with `create_new` in a
     // directory locked against other engine processes, and its blocks were
-    // reserved with `fallocate` up to at least `len` before mapping, so
-    // touching the pages cannot hit a hole (no SIGBUS on a full disk). The
-    // engine never shortens the file while this mapping exists: `Wal`
-    // truncates it only after dropping the mapping.
+    // reserved with `fallocate` up to at least `len` before mapping, so on
+    // file systems that honour the reservation (ext4, xfs) touching the pages
+    // cannot hit a hole: no SIGBUS on a full disk. (Copy-on-write file
+    // systems such as btrfs with snapshots may still need space on the first
+    // write of a page; a full disk there ends the process with SIGBUS instead
+    // of an error.) The engine never shortens the file while this mapping
+    // exists: `Wal` truncates it only after dropping the mapping. As for
+    // tables, another process truncating or rewriting the file behind the
+    // engine's back is outside what the directory lock can prevent.
     unsafe { memmap2::MmapOptions::new().len(len).map_mut(file) }.ctx(path)
 }

@@ -50,6 +50,29 @@ pub(crate) fn parse_all<'a>(
     data: &'a [u8],
     allow_torn_tail: bool,
 ) -> Result<Records<'a>> {
+    parse_records(path, data, allow_torn_tail, false)
+}
+
+/// Parses the records of the last segment of a log whose files are reserved
+/// ahead (zero-filled past the records), where a crash can leave the last,
+/// never acknowledged write half on disk anywhere inside the reservation:
+/// any damage counts as a torn tail as long as no intact record follows it.
+/// Damage followed by an intact record is corruption, since a later write
+/// that reached the disk means the damaged one was acknowledged.
+///
+/// # Errors
+///
+/// [`Error::Corruption`] naming `path` and the offset of the bad record.
+pub(crate) fn parse_last_reserved<'a>(path: &Path, data: &'a [u8]) -> Result<Records<'a>> {
+    parse_records(path, data, true, true)
+}
+
+fn parse_records<'a>(
+    path: &Path,
+    data: &'a [u8],
+    allow_torn_tail: bool,
+    reserved: bool,
+) -> Result<Records<'a>> {
     let mut records = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
@@ -60,6 +83,12 @@ pub(crate) fn parse_all<'a>(
             Parsed::Ok(payload, next) => {
                 records.push((pos as u64, payload));
                 pos = next;
+            }
+            Parsed::Torn(_) | Parsed::Corrupt(_) if reserved && !intact_record_after(data, pos) => {
+                return Ok(Records {
+                    records,
+                    torn_at: Some(pos as u64),
+                });
             }
             Parsed::Torn(why) => {
                 if allow_torn_tail {
@@ -81,6 +110,27 @@ pub(crate) fn parse_all<'a>(
         records,
         torn_at: None,
     })
+}
+
+/// Whether an intact record (both checksums good) starts anywhere after
+/// `pos`. Runs of zeros are skipped: a header of zeros is never intact.
+fn intact_record_after(data: &[u8], pos: usize) -> bool {
+    let mut q = pos + 1;
+    while q + HEADER_LEN <= data.len() {
+        if data[q..q + HEADER_LEN].iter().all(|&b| b == 0) {
+            // Jump to just before the next non-zero byte.
+            match data[q + HEADER_LEN..].iter().position(|&b| b != 0) {
+                Some(i) => q = (q + 1 + i).max(q + 1),
+                None => return false,
+            }
+            continue;
+        }
+        if let Parsed::Ok(..) = parse_at(&data[q..], q) {
+            return true;
+        }
+        q += 1;
+    }
+    false
 }
 
 enum Parsed<'a> {

@@ -18,9 +18,6 @@ use crate::record;
 /// grows, by at most [`MAX_GROWTH`] at a time.
 const FIRST_CHUNK: u64 = 1 << 20;
 const MAX_GROWTH: u64 = 16 << 20;
-/// Pages ahead of the writes are faulted in writable this many bytes at a
-/// time, in one call, instead of one write fault per page on the write path.
-const POPULATE_AHEAD: u64 = 1 << 20;
 
 /// An open WAL segment being appended to.
 ///
@@ -41,8 +38,6 @@ pub struct Wal {
     len: u64,
     /// The mapping of the reserved bytes, `None` in the `pwrite` fallback.
     map: Option<memmap2::MmapMut>,
-    /// Bytes of the mapping already faulted in writable.
-    populated: u64,
 }
 
 impl Wal {
@@ -65,7 +60,6 @@ impl Wal {
             path,
             len: 0,
             map: None,
-            populated: 0,
         };
         wal.reserve(FIRST_CHUNK)?;
         Ok(wal)
@@ -80,16 +74,21 @@ impl Wal {
     /// `fallocate`, switches to the `pwrite` fallback instead.
     fn reserve(&mut self, want: u64) -> Result<()> {
         self.map = None;
-        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, want) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-                return Ok(());
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        loop {
+            match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, want) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                    return Ok(());
+                }
+                Err(e) => return Err(Error::io(&self.path, e.into())),
             }
-            Err(e) => return Err(Error::io(&self.path, e.into())),
         }
+        // Elsewhere blocks cannot be reserved portably: append with pwrite.
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        return Ok(());
         self.map = Some(crate::mmap::map_wal(&self.file, &self.path, want)?);
-        // The written part is never touched again.
-        self.populated = self.len & !4095;
         Ok(())
     }
 
@@ -106,18 +105,6 @@ impl Wal {
         }
         match &mut self.map {
             Some(map) => {
-                if end > self.populated {
-                    let from = self.populated;
-                    let upto = (end + POPULATE_AHEAD).min(map.len() as u64);
-                    // Best effort: without it (older kernels) the pages fault
-                    // in one by one as they are written.
-                    let _ = map.advise_range(
-                        memmap2::Advice::PopulateWrite,
-                        from as usize,
-                        (upto - from) as usize,
-                    );
-                    self.populated = upto;
-                }
                 // `len` and `end` are within the mapping, which is at most
                 // `usize::MAX` bytes long.
                 map[self.len as usize..end as usize].copy_from_slice(framed);
@@ -189,7 +176,11 @@ pub(crate) fn replay(
     mut apply: impl FnMut(u64, &[Op<'_>]) -> Result<()>,
 ) -> Result<()> {
     let data = std::fs::read(path).ctx(path)?;
-    let recs = record::parse_all(path, &data, last_segment)?;
+    let recs = if last_segment {
+        record::parse_last_reserved(path, &data)?
+    } else {
+        record::parse_all(path, &data, false)?
+    };
     for (offset, payload) in &recs.records {
         let (seq, ops) = batch::decode_wal_payload(payload)
             .ok_or_else(|| Error::corruption(path, *offset, "malformed write batch"))?;

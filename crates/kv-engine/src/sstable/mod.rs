@@ -18,4 +18,7 @@ pub(crate) use table::TableIter;
 pub use table::{Table, TableMeta};
 
 pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5632; // "FlashKV2"
+/// The earlier format (no restart-key prefixes in block trailers), named in
+/// the error when such a table is opened.
+pub(crate) const MAGIC_V1: u64 = 0x466c_6173_684b_5631; // "FlashKV1"
 pub(crate) const FOOTER_LEN: usize = 5 * 8 + 4 + 8;

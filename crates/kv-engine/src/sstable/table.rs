@@ -97,8 +97,16 @@ impl Table {
         let corrupt = |off: usize, why: &str| Error::corruption(path, off as u64, why.to_string());
         let foot_at = data.len() - FOOTER_LEN;
         let footer = &data[foot_at..];
-        if u64_at(footer, 44) != Some(MAGIC) {
-            return Err(corrupt(foot_at, "bad table magic"));
+        match u64_at(footer, 44) {
+            Some(MAGIC) => {}
+            Some(super::MAGIC_V1) => {
+                return Err(corrupt(
+                    foot_at,
+                    "table format FlashKV1 (written before restart-key prefixes) is not \
+                     readable by this version",
+                ));
+            }
+            _ => return Err(corrupt(foot_at, "bad table magic")),
         }
         if u32_at(footer, 40) != Some(crc32fast::hash(&footer[..40])) {
             return Err(corrupt(foot_at, "footer checksum mismatch"));
