@@ -26,9 +26,10 @@ use crate::key::{self, InternalKey, Kind};
 /// with its `Bytes` handle).
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Entries are copied into arena chunks of this size (a larger entry gets a
-/// chunk of its own): no allocation per write, and one free per chunk when
-/// the memtable goes. A value handed out by `get` keeps its chunk alive.
+/// Entries are copied into arena chunks of this size (an entry larger than
+/// an eighth of it gets a buffer of its own, so at most an eighth of a chunk
+/// is left unused): no allocation per write, and one free per chunk when the
+/// memtable goes. A value handed out by `get` keeps its chunk alive.
 const ARENA_CHUNK: usize = 1 << 20;
 
 /// An in-memory sorted buffer of recent writes, backed by one WAL segment.
@@ -59,14 +60,23 @@ impl MemTable {
     pub(crate) fn insert(&self, user_key: &[u8], seq: u64, kind: Kind, value: &[u8]) {
         let klen = user_key.len() + key::TRAILER_LEN;
         let len = klen + value.len();
-        let entry = {
+        let fill = |buf: &mut BytesMut| {
+            buf.extend_from_slice(user_key);
+            buf.extend_from_slice(&key::trailer_of(seq, kind).to_be_bytes());
+            buf.extend_from_slice(value);
+        };
+        let entry = if len > ARENA_CHUNK / 8 {
+            // A large entry gets its own buffer: starting a new chunk for it
+            // would waste the rest of the current one.
+            let mut own = BytesMut::with_capacity(len);
+            fill(&mut own);
+            own.freeze()
+        } else {
             let mut arena = self.arena.lock();
             if arena.capacity() < len {
-                *arena = BytesMut::with_capacity(len.max(ARENA_CHUNK));
+                *arena = BytesMut::with_capacity(ARENA_CHUNK);
             }
-            arena.extend_from_slice(user_key);
-            arena.extend_from_slice(&key::trailer_of(seq, kind).to_be_bytes());
-            arena.extend_from_slice(value);
+            fill(&mut arena);
             arena.split().freeze()
         };
         self.size.fetch_add(len + ENTRY_OVERHEAD, Ordering::Relaxed);
