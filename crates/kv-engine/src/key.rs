@@ -36,8 +36,13 @@ pub(crate) fn trailer_of(seq: u64, kind: Kind) -> u64 {
 pub(crate) fn lookup(user_key: &[u8], seq: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(user_key.len() + TRAILER_LEN);
     v.extend_from_slice(user_key);
-    v.extend_from_slice(&((seq << 8) | 0xff).to_be_bytes());
+    v.extend_from_slice(&lookup_trailer(seq).to_be_bytes());
     v
+}
+
+/// The trailer of a lookup key: sorts before every entry of `seq` or older.
+fn lookup_trailer(seq: u64) -> u64 {
+    (seq << 8) | 0xff
 }
 
 /// A lookup key ([`lookup`]) built on the stack when the user key is short,
@@ -57,7 +62,7 @@ impl LookupKey {
         }
         let mut buf = [0u8; Self::INLINE];
         buf[..user_key.len()].copy_from_slice(user_key);
-        buf[user_key.len()..n].copy_from_slice(&((seq << 8) | 0xff).to_be_bytes());
+        buf[user_key.len()..n].copy_from_slice(&lookup_trailer(seq).to_be_bytes());
         LookupKey::Inline(buf, n)
     }
 }
