@@ -47,14 +47,7 @@ impl Wal {
     ///
     /// I/O errors, including when the file already exists.
     pub fn create(dir: &Path, number: u64) -> Result<Wal> {
-        let path = filename::wal(dir, number);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx(&path)?;
-        filename::sync_dir(dir).ctx(dir)?;
+        let (file, path) = create_file(dir, number)?;
         let mut wal = Wal {
             file,
             path,
@@ -63,6 +56,16 @@ impl Wal {
         };
         wal.reserve(FIRST_CHUNK)?;
         Ok(wal)
+    }
+
+    /// Creates segment `number` in `dir` empty, with nothing reserved, for a
+    /// database that is not opened here (a checkpoint).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, including when the file already exists.
+    pub(crate) fn create_empty(dir: &Path, number: u64) -> Result<()> {
+        create_file(dir, number).map(drop)
     }
 
     /// Reserved (mapped) bytes.
@@ -127,6 +130,19 @@ impl Wal {
         fail_point("wal-sync", &self.path)?;
         self.file.sync_data().ctx(&self.path)
     }
+}
+
+/// Creates the file of segment `number` and makes its directory entry durable.
+fn create_file(dir: &Path, number: u64) -> Result<(File, PathBuf)> {
+    let path = filename::wal(dir, number);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx(&path)?;
+    filename::sync_dir(dir).ctx(dir)?;
+    Ok((file, path))
 }
 
 impl Drop for Wal {

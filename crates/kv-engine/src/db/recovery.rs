@@ -33,7 +33,7 @@ pub(super) fn write_checkpoint(dir: &Path, version: &Version, last_seq: u64) -> 
         edit.added.push((level, f.meta.clone()));
     }
     let wal_number = max_number + 1;
-    drop(Wal::create(dir, wal_number)?);
+    Wal::create_empty(dir, wal_number)?;
     edit.log_number = Some(wal_number);
     edit.next_file = Some(wal_number + 2);
     edit.last_seq = Some(last_seq);
