@@ -1,6 +1,9 @@
 //! A quick profile target: load random keys, then time point reads and seeks.
 //!
-//! `cargo run --release -p kv-engine --example readbench -- [KEYS] [READS]`
+//! `cargo run --release -p kv-engine --example readbench -- [KEYS] [READS] [compact]`
+//!
+//! With `compact`, a manual compaction runs before the reads, so they see
+//! one sorted run and no background work.
 
 use std::time::Instant;
 
@@ -37,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n as f64 / t.elapsed().as_secs_f64()
     );
     db.flush()?;
+    if args.next().as_deref() == Some("compact") {
+        db.compact()?;
+    }
     let t = Instant::now();
     let mut found = 0u64;
     for i in 0..reads {
