@@ -433,13 +433,13 @@ mod tests {
             block_size: 256,
             ..Options::default()
         };
-        let mut b = TableBuilder::create(&path, 1, &opts).unwrap();
+        let mut b = TableBuilder::create(&path, 1, &opts).expect("create");
         for (i, uk) in user_keys.iter().enumerate() {
             b.add(&key::make(uk, i as u64 + 1, Kind::Put), b"value")
-                .unwrap();
+                .expect("add");
         }
-        b.finish().unwrap();
-        Table::open(&path).unwrap()
+        b.finish().expect("finish");
+        Table::open(&path).expect("open")
     }
 
     /// The first block whose last key is >= `target`, by a linear scan.
@@ -455,7 +455,7 @@ mod tests {
     fn check(name: &str, mut user_keys: Vec<Vec<u8>>, rng: &mut StdRng) {
         user_keys.sort();
         user_keys.dedup();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let t = table_of(dir.path(), &user_keys);
         assert!(
             t.num_blocks() > 100,
