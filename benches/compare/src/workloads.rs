@@ -292,7 +292,7 @@ fn filled(
         let order = &data.overwrite_order;
         let mut t = throughput(n, max, |i| {
             let k = order[i] as usize;
-            db.put(&data.keys[k], data.value(k, 1))
+            db.put(&data.overwrite_keys[i], data.value(k, 1))
         })?;
         t.secs += timed_once(|| db.sync())?;
         load_rest(&*db, data, &|i| order[i] as usize, t.done, 1)?;
@@ -310,7 +310,7 @@ fn filled(
         let mut out = Vec::with_capacity(VALUE_LEN);
         let t = timed(order.len(), max, |i| {
             let k = order[i] as usize;
-            if !db.get(&data.keys[k], &mut out)? {
+            if !db.get(&data.read_keys[i], &mut out)? {
                 bail!("readrandom: key #{k} {} not found", hex(&data.keys[k]));
             }
             if out != data.value(k, generation) {
@@ -319,6 +319,9 @@ fn filled(
             Ok(())
         })?;
         rec("readrandom", rate(t, order.len(), max));
+        if let Some(shape) = db.shape() {
+            eprintln!("[{name}] shape after readrandom: {shape}");
+        }
     }
     if selected("readmissing") {
         let mut out = Vec::new();
@@ -334,7 +337,7 @@ fn filled(
         let order = &data.seek_order;
         let mut got = 0;
         let t = throughput(order.len(), max, |i| {
-            got += db.scan_from(&data.keys[order[i] as usize], cfg.scan_len)?;
+            got += db.scan_from(&data.seek_keys[i], cfg.scan_len)?;
             Ok(())
         })?;
         let expected: usize = order[..t.done]
@@ -400,8 +403,9 @@ fn read_while_writing(db: &dyn Engine, data: &Data, max_secs: f64) -> Result<Cel
         let writer = s.spawn(|| -> Result<()> {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
-                let k = data.overwrite_order[n - 1 - i % n] as usize;
-                db.put(&data.keys[k], data.value(k, 2))?;
+                let j = n - 1 - i % n;
+                let k = data.overwrite_order[j] as usize;
+                db.put(&data.overwrite_keys[j], data.value(k, 2))?;
                 i += 1;
                 writes.store(i as u64, Ordering::Relaxed);
             }
@@ -412,7 +416,7 @@ fn read_while_writing(db: &dyn Engine, data: &Data, max_secs: f64) -> Result<Cel
             let res = throughput(data.read_order.len(), max_secs, |i| {
                 let k = data.read_order[i] as usize;
                 ensure!(
-                    db.get(&data.keys[k], &mut out)?,
+                    db.get(&data.read_keys[i], &mut out)?,
                     "readwhilewriting: key #{k} not found"
                 );
                 ensure!(
