@@ -61,7 +61,9 @@ struct Writer {
     /// Freeze the memtable even if it is not full (used by `flush`).
     force_rotate: bool,
     result: Mutex<Option<Result<()>>>,
-    /// Unparked when `result` is set or the writer reaches the front.
+    /// Set, then the thread unparked, when `result` is set or the writer
+    /// reaches the front.
+    signalled: AtomicBool,
     thread: std::thread::Thread,
 }
 
@@ -129,6 +131,11 @@ impl std::fmt::Debug for Db {
 const MAX_GROUP_BYTES: usize = 4 << 20;
 /// Longest a synced write leader waits for writers to join its group.
 const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
+/// Longest a queued writer yields before it parks (see `Inner::await_turn`).
+const MAX_YIELD_WAIT: Duration = Duration::from_micros(250);
+/// A yield that kept a writer off the CPU this long means other threads
+/// (compaction, the application) want it: the writer parks instead.
+const SLOW_YIELD: Duration = Duration::from_micros(50);
 const MANIFEST_ROTATE_BYTES: u64 = 64 << 20;
 const STALL_WAIT: Duration = Duration::from_millis(100);
 

@@ -17,6 +17,7 @@ impl Inner {
             batch,
             force_rotate,
             result: Mutex::new(None),
+            signalled: AtomicBool::new(false),
             thread: std::thread::current(),
         });
         let mut q = self.queue.lock();
@@ -31,7 +32,7 @@ impl Inner {
             // Woken by the leader that finished our group, or that made us
             // the front of the queue; a spurious wake-up just loops.
             drop(q);
-            std::thread::park();
+            self.await_turn(&me);
             q = self.queue.lock();
         }
         if self.opts.sync == SyncMode::Always {
@@ -57,6 +58,7 @@ impl Inner {
         // The next leader first: it can start gathering its group while the
         // others are being woken.
         if let Some(next) = q.get(group.len()) {
+            next.signalled.store(true, Ordering::Release);
             wake.push(next.thread.clone());
         }
         for w in &group {
@@ -67,11 +69,13 @@ impl Inner {
                     Err(e) => Err(e.duplicate()),
                 };
                 *w.result.lock() = Some(r);
+                w.signalled.store(true, Ordering::Release);
                 wake.push(w.thread.clone());
             }
         }
         drop(q);
-        // Wake-ups are system calls: make them without holding the queue.
+        // Wake-ups are system calls (for writers that are parked): make them
+        // without holding the queue.
         for t in wake {
             t.unpark();
         }
@@ -101,6 +105,39 @@ impl Inner {
             q = self.queue.lock();
         }
         q
+    }
+
+    /// Waits until the leader signals `me` (its result is in, or it is now
+    /// at the front).
+    ///
+    /// In synced mode a writer first yields the CPU in a loop, for up to one
+    /// fsync's duration (at most [`MAX_YIELD_WAIT`]), and parks only after
+    /// that: a writer still running when its group's fsync ends queues its
+    /// next write at once, where a parked one first needs a wake-up system
+    /// call and a trip through the scheduler, time the next group spends
+    /// waiting for it. A yield that takes [`SLOW_YIELD`] or longer means
+    /// other threads want the CPU, and the writer parks at once. (RocksDB's
+    /// write threads yield adaptively before blocking for the same reason.)
+    fn await_turn(&self, me: &Writer) {
+        if self.opts.sync == SyncMode::Always {
+            let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed))
+                .min(MAX_YIELD_WAIT);
+            let start = Instant::now();
+            let mut now = start;
+            while !me.signalled.load(Ordering::Acquire) && now - start < budget {
+                std::thread::yield_now();
+                let after = Instant::now();
+                if after - now >= SLOW_YIELD {
+                    break;
+                }
+                now = after;
+            }
+        }
+        if !me.signalled.load(Ordering::Acquire) {
+            // An unpark that raced with this check is not lost: it makes
+            // the park return at once.
+            std::thread::park();
+        }
     }
 
     fn commit_group(&self, group: &[Arc<Writer>]) -> Result<()> {
