@@ -126,6 +126,13 @@ impl BlockIter<Bytes> {
 
 impl<B: AsRef<[u8]>> BlockIter<B> {
     pub(crate) fn new(data: B) -> Result<Self, BadBlock> {
+        Self::with_key_buf(data, Vec::new())
+    }
+
+    /// Like [`BlockIter::new`], reusing `key_buf`'s allocation for the
+    /// current key (see [`BlockIter::into_key_buf`]).
+    pub(crate) fn with_key_buf(data: B, mut key_buf: Vec<u8>) -> Result<Self, BadBlock> {
+        key_buf.clear();
         let n = data.as_ref().len();
         let count = n
             .checked_sub(4)
@@ -145,9 +152,14 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
             num_restarts: count,
             cur: limit,
             next: limit,
-            key: Vec::new(),
+            key: key_buf,
             value: (0, 0),
         })
+    }
+
+    /// The key buffer, for reuse by a later iterator.
+    pub(crate) fn into_key_buf(self) -> Vec<u8> {
+        self.key
     }
 
     pub(crate) fn valid(&self) -> bool {

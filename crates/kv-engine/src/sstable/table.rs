@@ -276,10 +276,12 @@ impl Table {
             } else if prefix >= b {
                 hi - 1
             } else {
-                let span = (len - 1) as u128;
-                lo + ((u128::from(prefix - a) * span) / u128::from(b - a)) as usize
+                // A float estimate is plenty for a guess (and far cheaper
+                // than a 128-bit division); the cast saturates in range.
+                let frac = (prefix - a) as f64 / (b - a) as f64;
+                (lo + (frac * (len - 1) as f64) as usize).min(hi - 1)
             };
-            let guard = len.isqrt().max(2);
+            let guard = ((len as f64).sqrt() as usize).max(2);
             if self.block_before(guess, target, prefix) {
                 lo = guess + 1;
                 let far = guess + guard;
@@ -320,7 +322,24 @@ impl Table {
             return Ok(None);
         }
         let block = self.block_slice(i)?;
-        let mut it = BlockIter::new(block).map_err(|e| self.bad(i, e))?;
+        // Point lookups on one thread reuse one key buffer instead of
+        // allocating and freeing one per lookup.
+        let buf = KEY_BUF.with(|b| b.take());
+        let mut it = BlockIter::with_key_buf(block, buf).map_err(|e| self.bad(i, e))?;
+        let found = self.found_in(i, block, &mut it, lookup);
+        KEY_BUF.with(|b| b.replace(it.into_key_buf()));
+        found
+    }
+
+    /// Seeks `it` (over `block`, data block `i`) to `lookup` and returns the
+    /// entry there if it has `lookup`'s user key.
+    fn found_in(
+        &self,
+        i: usize,
+        block: &[u8],
+        it: &mut BlockIter<&[u8]>,
+        lookup: &[u8],
+    ) -> Result<Option<(Kind, Bytes)>> {
         it.seek(lookup).map_err(|e| self.bad(i, e))?;
         if !it.valid() {
             return Ok(None);
@@ -333,6 +352,11 @@ impl Table {
         let range = it.value_range();
         Ok(Some((kind, self.data.slice_ref(&block[range]))))
     }
+}
+
+thread_local! {
+    /// The key buffer of [`Table::get`]'s block iterator.
+    static KEY_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Iterates over a whole table.
