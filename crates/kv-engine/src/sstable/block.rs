@@ -195,21 +195,29 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
             self.cur = self.limit;
             return Ok(());
         }
-        let entries = &self.data.as_ref()[..self.limit];
-        let mut r = Reader::new(
-            entries
-                .get(self.cur..)
-                .ok_or(BadBlock("entry offset out of range"))?,
-        );
-        let bad = BadBlock("malformed entry");
-        let shared = r.varint_usize().ok_or(BadBlock("malformed entry header"))?;
-        let unshared = r.varint_usize().ok_or(BadBlock("malformed entry header"))?;
-        let vlen = r.varint_usize().ok_or(BadBlock("malformed entry header"))?;
+        let entry = self.data.as_ref()[..self.limit]
+            .get(self.cur..)
+            .ok_or(BadBlock("entry offset out of range"))?;
+        // Header lengths below 128 (nearly all) are one varint byte each.
+        let (shared, unshared, vlen, header) = match *entry {
+            [a, b, c, ..] if (a | b | c) < 0x80 => (a as usize, b as usize, c as usize, 3),
+            _ => {
+                let mut r = Reader::new(entry);
+                let bad = || BadBlock("malformed entry header");
+                let shared = r.varint_usize().ok_or_else(bad)?;
+                let unshared = r.varint_usize().ok_or_else(bad)?;
+                let vlen = r.varint_usize().ok_or_else(bad)?;
+                (shared, unshared, vlen, r.pos())
+            }
+        };
         if shared > self.key.len() {
-            return Err(bad);
+            return Err(BadBlock("malformed entry"));
         }
-        let delta = r.bytes(unshared).ok_or(BadBlock("key runs past block"))?;
-        let vstart = self.cur + r.pos();
+        let delta = header
+            .checked_add(unshared)
+            .and_then(|end| entry.get(header..end))
+            .ok_or(BadBlock("key runs past block"))?;
+        let vstart = self.cur + header + unshared;
         let vend = vstart
             .checked_add(vlen)
             .filter(|&e| e <= self.limit)
@@ -349,6 +357,39 @@ mod tests {
             it.seek(&key::lookup(b"a\0\0\0", 20)).expect("seek");
             assert_eq!(key::user_key(it.key()), b"ab");
         }
+    }
+
+    /// Keys and values of 128 bytes or more have multi-byte varint lengths
+    /// (the decoder's slow path); shorter ones take the one-byte fast path.
+    #[test]
+    fn long_and_short_entries_round_trip() {
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = (0..50u32)
+            .map(|i| {
+                let klen = [1, 20, 127, 128, 300][i as usize % 5];
+                let vlen = [0, 100, 127, 128, 5000][(i as usize / 5) % 5];
+                let mut k = format!("{i:04}").into_bytes();
+                k.resize(klen.max(4), b'k');
+                (k, vec![i as u8; vlen])
+            })
+            .collect();
+        entries.sort();
+        let mut b = BlockBuilder::new(4);
+        for (k, v) in &entries {
+            b.add(&key::make(k, 3, Kind::Put), v);
+        }
+        let mut it = BlockIter::new(Bytes::from(b.finish())).expect("valid block");
+        for (k, v) in &entries {
+            it.seek(&key::lookup(k, 5)).expect("seek");
+            assert_eq!(key::user_key(it.key()), &k[..]);
+            assert_eq!(it.value_slice(), &v[..]);
+        }
+        it.seek_to_first().expect("first");
+        for (k, v) in &entries {
+            assert_eq!(key::user_key(it.key()), &k[..]);
+            assert_eq!(it.value_slice(), &v[..]);
+            it.next().expect("next");
+        }
+        assert!(!it.valid());
     }
 
     #[test]

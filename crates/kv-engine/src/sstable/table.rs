@@ -281,7 +281,8 @@ impl Table {
                 let frac = (prefix - a) as f64 / (b - a) as f64;
                 (lo + (frac * (len - 1) as f64) as usize).min(hi - 1)
             };
-            let guard = ((len as f64).sqrt() as usize).max(2);
+            // About the square root of `len` (a power of two at or above it).
+            let guard = 1usize << (usize::BITS - len.leading_zeros()).div_ceil(2);
             if self.block_before(guess, target, prefix) {
                 lo = guess + 1;
                 let far = guess + guard;
