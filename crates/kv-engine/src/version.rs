@@ -104,7 +104,7 @@ impl Version {
                 return Ok(Some(r));
             }
         }
-        for level in &self.levels[1..] {
+        for level in self.levels[1..].iter().filter(|l| !l.is_empty()) {
             let i =
                 level.partition_point(|f| key::compare(&f.meta.largest, lookup) == Ordering::Less);
             if let Some(f) = level.get(i)
