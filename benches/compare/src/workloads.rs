@@ -186,7 +186,10 @@ pub fn run_engine(
     // that the two see the same disk weather. Before either, the dirty pages
     // the earlier workloads left behind (hundreds of MiB) are written out, so
     // that no engine's fsyncs queue behind the kernel's writeback of them.
-    if ["fdatasync", "fillsync1", "fillsyncN"].iter().any(|w| selected(w)) {
+    if ["fdatasync", "fillsync1", "fillsyncN"]
+        .iter()
+        .any(|w| selected(w))
+    {
         settle_disk();
     }
     if (selected("fdatasync") || selected("fillsync1")) && name != "btreemap" {
@@ -475,6 +478,9 @@ fn fill_sync(name: &str, data: &Data, cfg: &Config, threads: usize) -> Result<Ce
             .collect()
     });
     let secs = start.elapsed().as_secs_f64();
+    if let Some(shape) = db.shape() {
+        eprintln!("[{name}] shape after fillsync ({threads} threads): {shape}");
+    }
     let mut hist = new_hist();
     let mut done = 0;
     let mut out = Vec::new();

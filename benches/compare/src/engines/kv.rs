@@ -87,7 +87,7 @@ impl Engine for KvEngine {
             })
             .collect();
         Some(format!(
-            "{}; memtable {:.1} MiB, {} frozen; flushes {}, compactions {}, stalls {}, slowdowns {}, bloom {}/{} negative",
+            "{}; memtable {:.1} MiB, {} frozen; flushes {}, compactions {}, stalls {}, slowdowns {}, bloom {}/{} negative; {} writes in {} WAL syncs",
             levels.join(", "),
             s.memtable_bytes as f64 / 1048576.0,
             s.immutable_memtables,
@@ -97,6 +97,8 @@ impl Engine for KvEngine {
             s.write_slowdowns,
             s.bloom_negatives,
             s.bloom_checks,
+            s.writes,
+            s.wal_syncs,
         ))
     }
 }
