@@ -277,6 +277,15 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
         }
         self.key.clear();
         self.next = self.restart(lo)?;
+        // The entries up to the next restart point are read one after the
+        // other, each found only once the previous one is decoded: load
+        // their cache lines now, together, instead of one miss at a time.
+        let end = if lo + 1 < self.num_restarts {
+            self.restart(lo + 1)?
+        } else {
+            self.limit
+        };
+        touch_lines(&self.data.as_ref()[self.next..end.max(self.next)]);
         self.decode_next()?;
         while self.valid() && key::compare(&self.key, target) == Ordering::Less {
             self.decode_next()?;
@@ -284,6 +293,21 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
         Ok(())
     }
 }
+
+/// Reads one byte of each cache line of `bytes` (at most the first
+/// [`TOUCH_MAX`] bytes), so that the CPU fetches the lines in parallel.
+fn touch_lines(bytes: &[u8]) {
+    let bytes = &bytes[..bytes.len().min(TOUCH_MAX)];
+    for line in bytes.chunks(64) {
+        std::hint::black_box(line[0]);
+    }
+    if let Some(&last) = bytes.last() {
+        std::hint::black_box(last);
+    }
+}
+
+/// How much of a restart interval [`touch_lines`] loads ahead.
+const TOUCH_MAX: usize = 1024;
 
 #[cfg(test)]
 mod tests {
