@@ -186,9 +186,17 @@ fn fail_point(_name: &str, _path: &Path) -> Result<()> {
 ///
 /// [`Error::Corruption`] naming the file and offset of a damaged record, or
 /// whatever `apply` returns.
+///
+/// `next_seq` carries sequence continuity across the segments of one
+/// recovery: each batch must start right after the previous one ended (in
+/// this segment or an earlier one), so a segment that lost records at its
+/// end (zeroed or cut pages, which alone look like a clean end) is reported
+/// as corruption once a later batch shows the hole, instead of being
+/// replayed without them.
 pub(crate) fn replay(
     path: &Path,
     last_segment: bool,
+    next_seq: &mut Option<u64>,
     mut apply: impl FnMut(u64, &[Op<'_>]) -> Result<()>,
 ) -> Result<()> {
     let data = std::fs::read(path).ctx(path)?;
@@ -200,6 +208,20 @@ pub(crate) fn replay(
     for (offset, payload) in &recs.records {
         let (seq, ops) = batch::decode_wal_payload(payload)
             .ok_or_else(|| Error::corruption(path, *offset, "malformed write batch"))?;
+        if let Some(expected) = *next_seq
+            && seq != expected
+        {
+            return Err(Error::corruption(
+                path,
+                *offset,
+                format!(
+                    "write batch starts at sequence {seq}, but the log before it ended at \
+                     {}: records are missing",
+                    expected.saturating_sub(1)
+                ),
+            ));
+        }
+        *next_seq = seq.checked_add(ops.len() as u64);
         apply(seq, &ops)?;
     }
     if let Some(at) = recs.torn_at {
@@ -227,7 +249,7 @@ mod tests {
 
     fn replay_all(path: &Path, last: bool) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
         let mut got = Vec::new();
-        replay(path, last, |seq, ops| {
+        replay(path, last, &mut None, |seq, ops| {
             for op in ops {
                 got.push((seq, op.key.to_vec(), op.value.to_vec()));
             }

@@ -8,6 +8,9 @@
 //!   `Error::Corruption` naming the WAL file (never a silent loss of the
 //!   acknowledged records after it), and keep failing on a second attempt;
 //! - a flipped bit in the last record drops just that record or errors;
+//! - split over two segments, the records replay whole; records lost at the
+//!   end of the first segment (zeroed pages look like a clean end) fail the
+//!   open, because the second segment's sequence numbers show the hole;
 //! - never a panic, never a wrong value.
 
 mod common;
@@ -322,6 +325,71 @@ fn zero_filled_tail_is_a_torn_tail() {
         image.states[OPS],
         "all records before the zero tail must survive"
     );
+}
+
+/// The image's WAL split into two segments after record `at`: the image's
+/// segment keeps records `..at` and the next segment number holds the rest.
+/// `lost` of the first segment's last records are zeroed, as if their pages
+/// never reached the disk. Returns the trial directory and the second
+/// segment's name.
+fn split_trial(image: &Image, name: &str, at: usize, lost: usize) -> (PathBuf, String) {
+    let cut = image.frames[at].start;
+    let mut first = image.wal[..cut].to_vec();
+    let keep = image.frames[at - lost].start;
+    first[keep..].fill(0);
+    let dir = trial(image, name, &first);
+    let stem = image.wal_name.trim_end_matches(".log");
+    let number: u64 = stem.parse().expect("WAL segments are named NNNNNN.log");
+    let second = format!("{:0width$}.log", number + 1, width = stem.len());
+    fs::write(dir.join(&second), &image.wal[cut..]).expect("write second segment");
+    (dir, second)
+}
+
+#[test]
+fn records_continuing_in_the_next_segment_all_replay() {
+    let image = crash_image();
+    let (dir, _) = split_trial(&image, "split", OPS / 2, 0);
+    let db = Db::open_with(&dir, options()).expect("two contiguous segments must open");
+    assert_eq!(
+        read_all(&db, "split").expect("read after split"),
+        image.states[OPS],
+        "every record of both segments must be replayed"
+    );
+}
+
+/// A segment that is not the last and lost its final records reads like a
+/// clean end (zeros), but the next segment's first batch does not continue
+/// its sequence numbers: that hole must fail the open, not drop the lost
+/// writes while keeping the later ones.
+#[test]
+fn records_lost_at_the_end_of_an_earlier_segment_are_corruption() {
+    common::count_panics();
+    let image = crash_image();
+    for lost in [1, 3] {
+        let what = format!("{lost} records zeroed at the end of the first of two segments");
+        let (dir, second) = split_trial(&image, &format!("hole{lost}"), OPS / 2, lost);
+        for attempt in ["first", "second"] {
+            match no_panic(&what, || {
+                Db::open_with(&dir, options()).and_then(|db| read_all(&db, &what))
+            }) {
+                Err(Error::Corruption { file, reason, .. }) => {
+                    assert_eq!(
+                        file.file_name().map(|n| n.to_string_lossy().into_owned()),
+                        Some(second.clone()),
+                        "{what}: the error names the segment where the hole shows ({reason})"
+                    );
+                    assert!(reason.contains("missing"), "{what}: reason {reason:?}");
+                }
+                Err(e) => panic!("{what}: {attempt} open: expected Error::Corruption, got {e:?}"),
+                Ok(got) => panic!(
+                    "{what}: {attempt} open succeeded with {} keys (prefix {:?}): the lost \
+                     records were silently skipped",
+                    got.len(),
+                    prefix_of(&got, &image.states)
+                ),
+            }
+        }
+    }
 }
 
 fn expect_corruption_naming_wal(dir: &Path, image: &Image, what: &str) {

@@ -140,9 +140,10 @@ pub(super) fn recover(dir: PathBuf, opts: Options) -> Result<Inner> {
     wals.sort_unstable();
     let mut mem = MemTable::new(0);
     let mut new_tables: Vec<Arc<FileHandle>> = Vec::new();
+    let mut next_seq = None;
     for (i, &n) in wals.iter().enumerate() {
         let path = filename::wal(&dir, n);
-        wal::replay(&path, i + 1 == wals.len(), |seq, ops| {
+        wal::replay(&path, i + 1 == wals.len(), &mut next_seq, |seq, ops| {
             let mut s = seq;
             for op in ops {
                 mem.insert(op.key, s, op.kind, op.value);
