@@ -283,24 +283,20 @@ impl Table {
             };
             // About the square root of `len` (a power of two at or above it).
             let guard = 1usize << (usize::BITS - len.leading_zeros()).div_ceil(2);
-            if self.block_before(guess, target, prefix) {
+            // Narrow to one side of the guess, then probe `guard` further on
+            // that side to bound the range there too.
+            let far = if self.block_before(guess, target, prefix) {
                 lo = guess + 1;
-                let far = guess + guard;
-                if far < hi {
-                    if self.block_before(far, target, prefix) {
-                        lo = far + 1;
-                    } else {
-                        hi = far;
-                    }
-                }
+                Some(guess + guard).filter(|&f| f < hi)
             } else {
                 hi = guess;
-                if let Some(far) = guess.checked_sub(guard).filter(|&f| f >= lo) {
-                    if self.block_before(far, target, prefix) {
-                        lo = far + 1;
-                    } else {
-                        hi = far;
-                    }
+                guess.checked_sub(guard).filter(|&f| f >= lo)
+            };
+            if let Some(far) = far {
+                if self.block_before(far, target, prefix) {
+                    lo = far + 1;
+                } else {
+                    hi = far;
                 }
             }
         }
