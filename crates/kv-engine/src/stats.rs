@@ -115,8 +115,12 @@ pub(crate) struct Counters {
     pub(crate) write_slowdowns: AtomicU64,
 }
 
+/// Adds `n` to a counter; adding zero skips the atomic operation, which is
+/// not free on the hot paths.
 pub(crate) fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+    if n > 0 {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 pub(crate) fn get(c: &AtomicU64) -> u64 {

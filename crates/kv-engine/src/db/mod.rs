@@ -468,13 +468,8 @@ impl Inner {
         }
         let mut ls = LookupStats::default();
         let r = sv.version.get(&lookup, &mut ls);
-        // Atomic adds are not free on the hot path: skip the empty ones.
-        if ls.bloom_checks > 0 {
-            stats::add(&self.counters.bloom_checks, ls.bloom_checks);
-        }
-        if ls.bloom_negatives > 0 {
-            stats::add(&self.counters.bloom_negatives, ls.bloom_negatives);
-        }
+        stats::add(&self.counters.bloom_checks, ls.bloom_checks);
+        stats::add(&self.counters.bloom_negatives, ls.bloom_negatives);
         Ok(r?.flatten())
     }
 

@@ -237,13 +237,16 @@ impl Table {
         BlockIter::new(self.data.slice_ref(block)).map_err(|e| self.bad(i, e))
     }
 
+    /// The last key of block `i`, as the index holds it.
+    fn index_key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        &self.index_keys[start..self.key_ends[i]]
+    }
+
     /// Whether block `i`'s last key is < `target` (whose prefix is `prefix`).
     fn block_before(&self, i: usize, target: &[u8], prefix: u64) -> bool {
         match self.slots[i].prefix.cmp(&prefix) {
-            Ordering::Equal => {
-                let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
-                key::compare(&self.index_keys[start..self.key_ends[i]], target) == Ordering::Less
-            }
+            Ordering::Equal => key::compare(self.index_key(i), target) == Ordering::Less,
             o => o == Ordering::Less,
         }
     }
@@ -466,10 +469,7 @@ mod tests {
     /// The first block whose last key is >= `target`, by a linear scan.
     fn reference(t: &Table, target: &[u8]) -> usize {
         (0..t.num_blocks())
-            .find(|&i| {
-                let start = if i == 0 { 0 } else { t.key_ends[i - 1] };
-                key::compare(&t.index_keys[start..t.key_ends[i]], target) != Ordering::Less
-            })
+            .find(|&i| key::compare(t.index_key(i), target) != Ordering::Less)
             .unwrap_or(t.num_blocks())
     }
 
