@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use bytes::Bytes;
 
-use super::block::{BadBlock, BlockIter};
+use super::block::{self, BadBlock, BlockIter};
 use super::{FOOTER_LEN, MAGIC, bloom};
 use crate::coding::{u32_at, u64_at};
 use crate::error::{Error, IoContext, Result};
@@ -314,6 +314,22 @@ impl Table {
         lo
     }
 
+    /// Where in block `i` `target` is expected (0.0 = start, 1.0 = end),
+    /// from where its prefix falls between the last prefixes of blocks
+    /// `i - 1` and `i`.
+    fn position_in_block(&self, i: usize, target: &[u8]) -> f64 {
+        let hi = self.slots[i].prefix;
+        let lo = match i.checked_sub(1) {
+            Some(p) => self.slots[p].prefix,
+            None => return 0.5,
+        };
+        let t = key::prefix(target);
+        if hi <= lo || t <= lo {
+            return 0.0;
+        }
+        (t.min(hi) - lo) as f64 / (hi - lo) as f64
+    }
+
     /// The newest entry for the user key of `lookup` (an internal lookup key)
     /// visible at its sequence, if this table has one.
     pub(crate) fn get(&self, lookup: &[u8]) -> Result<Option<(Kind, Bytes)>> {
@@ -322,6 +338,7 @@ impl Table {
             return Ok(None);
         }
         let block = self.block_slice(i)?;
+        block::touch_for_seek(block, self.position_in_block(i, lookup));
         // Point lookups on one thread reuse one key buffer instead of
         // allocating and freeing one per lookup.
         let buf = KEY_BUF.with(|b| b.take());
@@ -542,5 +559,43 @@ mod tests {
             })
             .collect();
         check("two clusters", clusters, &mut rng);
+    }
+
+    #[test]
+    fn position_in_block_lands_near_the_entry_on_spread_keys() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut user_keys: Vec<[u8; 16]> = (0..20_000).map(|_| rng.r#gen()).collect();
+        user_keys.sort();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("000001.sst");
+        let mut b = TableBuilder::create(&path, 1, &Options::default()).expect("create");
+        for (i, uk) in user_keys.iter().enumerate() {
+            b.add(&key::make(uk, i as u64 + 1, Kind::Put), &[7u8; 100])
+                .expect("add");
+        }
+        b.finish().expect("finish");
+        let t = Table::open(&path).expect("open");
+        assert!(t.num_blocks() > 100, "only {} blocks", t.num_blocks());
+        let (mut total_err, mut far) = (0.0, 0);
+        for uk in &user_keys {
+            let lookup = key::lookup(uk, key::MAX_SEQ);
+            let i = t.find_block(&lookup);
+            let guess = t.position_in_block(i, &lookup);
+            assert!((0.0..=1.0).contains(&guess), "guess {guess} out of range");
+            let block = t.block_slice(i).expect("block");
+            let mut it = BlockIter::new(block).expect("iter");
+            it.seek(&lookup).expect("seek");
+            assert_eq!(key::user_key(it.key()), uk.as_slice());
+            let actual = it.value_range().start as f64 / block.len() as f64;
+            total_err += (guess - actual).abs();
+            // Farther than a quarter block: outside what a seek's touch loads.
+            far += usize::from((guess - actual).abs() > 0.25);
+        }
+        let mean = total_err / user_keys.len() as f64;
+        assert!(mean < 0.1, "mean error {mean:.3} of a block");
+        assert!(
+            far * 50 < user_keys.len(),
+            "{far} guesses off by > 1/4 block"
+        );
     }
 }
