@@ -1,6 +1,9 @@
 //! A quick profile target: load random keys, then time point reads and seeks.
 //!
-//! `cargo run --release -p kv-engine --example readbench -- [KEYS] [READS] [compact]`
+//! `cargo run --release -p kv-engine --example readbench -- [KEYS] [READS] [compact] [DIR]`
+//!
+//! With `DIR`, the database there is loaded on the first run and only read
+//! on later ones (KEYS must stay the same).
 //!
 //! With `compact`, a manual compaction runs before the reads, so they see
 //! one sorted run and no background work.
@@ -23,25 +26,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().map_or(Ok(200_000), |s| s.parse())?;
     let reads: u64 = args.next().map_or(Ok(1_000_000), |s| s.parse())?;
+    let compact = args.next().as_deref() == Some("compact");
+    // An existing database directory is read as it is, so that A/B runs of
+    // two builds can share one load.
     let tmp = tempfile::tempdir()?;
+    let dir = args.next().map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let loaded = dir.join("CURRENT").exists();
     let db = Db::open_with(
-        tmp.path(),
+        &dir,
         Options {
             sync: SyncMode::Never,
             ..Options::default()
         },
     )?;
-    let t = Instant::now();
-    for i in 0..n {
-        db.put(key(i), [7u8; 100])?;
-    }
-    println!(
-        "fill     {:>10.0} ops/s",
-        n as f64 / t.elapsed().as_secs_f64()
-    );
-    db.flush()?;
-    if args.next().as_deref() == Some("compact") {
-        db.compact()?;
+    if !loaded {
+        let t = Instant::now();
+        for i in 0..n {
+            db.put(key(i), [7u8; 100])?;
+        }
+        println!(
+            "fill     {:>10.0} ops/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+        db.flush()?;
+        if compact {
+            db.compact()?;
+        }
     }
     let t = Instant::now();
     let mut found = 0u64;
