@@ -30,7 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // An existing database directory is read as it is, so that A/B runs of
     // two builds can share one load.
     let tmp = tempfile::tempdir()?;
-    let dir = args.next().map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let dir = args
+        .next()
+        .map_or_else(|| tmp.path().to_path_buf(), Into::into);
     let loaded = dir.join("CURRENT").exists();
     let db = Db::open_with(
         &dir,

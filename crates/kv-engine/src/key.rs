@@ -109,7 +109,11 @@ fn trailer(ikey: &[u8]) -> u64 {
 /// Total order on internal keys.
 #[inline]
 pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
-    let (ua, ub) = (user_key(a), user_key(b));
+    compare_user(user_key(a), user_key(b)).then_with(|| trailer(b).cmp(&trailer(a)))
+}
+
+/// Orders user keys bytewise, like `ua.cmp(ub)`.
+pub(crate) fn compare_user(ua: &[u8], ub: &[u8]) -> Ordering {
     // Most comparisons of distinct keys are decided in the first 8 bytes;
     // comparing them as one integer avoids a call to memcmp.
     if let (Some(pa), Some(pb)) = (ua.first_chunk::<8>(), ub.first_chunk::<8>()) {
@@ -118,7 +122,7 @@ pub(crate) fn compare(a: &[u8], b: &[u8]) -> Ordering {
             return pa.cmp(&pb);
         }
     }
-    ua.cmp(ub).then_with(|| trailer(b).cmp(&trailer(a)))
+    ua.cmp(ub)
 }
 
 /// The first 8 bytes of an internal key's user key as a big-endian number,

@@ -86,7 +86,9 @@ impl Version {
         let user_key = key::user_key(lookup);
         let hash = bloom::hash(user_key);
         let mut probe = |f: &FileHandle| -> Result<Option<Option<Bytes>>> {
-            if user_key < f.meta.smallest_user_key() || user_key > f.meta.largest_user_key() {
+            if key::compare_user(user_key, f.meta.smallest_user_key()) == Ordering::Less
+                || key::compare_user(user_key, f.meta.largest_user_key()) == Ordering::Greater
+            {
                 return Ok(None);
             }
             stats.bloom_checks += 1;
