@@ -3,7 +3,8 @@
 //! `cargo run --release -p kv-engine --example readbench -- [KEYS] [READS] [compact] [DIR]`
 //!
 //! With `DIR`, the database there is loaded on the first run and only read
-//! on later ones (KEYS must stay the same).
+//! on later ones (KEYS must stay the same; any word but `compact` in the
+//! third place skips the compaction).
 //!
 //! With `compact`, a manual compaction runs before the reads, so they see
 //! one sorted run and no background work.

@@ -588,7 +588,8 @@ mod tests {
             assert_eq!(key::user_key(it.key()), uk.as_slice());
             let actual = it.value_range().start as f64 / block.len() as f64;
             total_err += (guess - actual).abs();
-            // Farther than a quarter block: outside what a seek's touch loads.
+            // Farther than a quarter block: well outside the window of lines
+            // a seek loads ahead.
             far += usize::from((guess - actual).abs() > 0.25);
         }
         let mean = total_err / user_keys.len() as f64;
