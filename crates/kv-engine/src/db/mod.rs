@@ -132,7 +132,7 @@ const MAX_GROUP_BYTES: usize = 4 << 20;
 /// Longest a synced write leader waits for writers to join its group.
 const MAX_GATHER_WAIT: Duration = Duration::from_millis(1);
 /// Longest a queued writer yields before it parks (see `Inner::await_turn`).
-const MAX_YIELD_WAIT: Duration = Duration::from_micros(250);
+const MAX_YIELD_WAIT: Duration = Duration::from_micros(500);
 /// A yield that kept a writer off the CPU this long means other threads
 /// (compaction, the application) want it: the writer parks instead.
 const SLOW_YIELD: Duration = Duration::from_micros(50);

@@ -110,9 +110,11 @@ impl Inner {
     /// Waits until the leader signals `me` (its result is in, or it is now
     /// at the front).
     ///
-    /// In synced mode a writer first yields the CPU in a loop, for up to one
-    /// fsync's duration (at most [`MAX_YIELD_WAIT`]), and parks only after
-    /// that: a writer still running when its group's fsync ends queues its
+    /// In synced mode a writer first yields the CPU in a loop, for up to the
+    /// longest its group should take, a gather window (at most half an
+    /// fsync, see [`Inner::gather`]) plus one fsync, going by the last
+    /// fsync (and at most [`MAX_YIELD_WAIT`]); it parks only after that. A
+    /// writer still running when its group's fsync ends queues its
     /// next write at once, where a parked one first needs a wake-up system
     /// call and a trip through the scheduler, time the next group spends
     /// waiting for it. A yield that takes [`SLOW_YIELD`] or longer means
@@ -120,8 +122,8 @@ impl Inner {
     /// write threads yield adaptively before blocking for the same reason.)
     fn await_turn(&self, me: &Writer) {
         if self.opts.sync == SyncMode::Always {
-            let budget = Duration::from_nanos(self.last_sync_nanos.load(Ordering::Relaxed))
-                .min(MAX_YIELD_WAIT);
+            let sync = self.last_sync_nanos.load(Ordering::Relaxed);
+            let budget = Duration::from_nanos(sync.saturating_add(sync / 2)).min(MAX_YIELD_WAIT);
             let start = Instant::now();
             let mut now = start;
             while !me.signalled.load(Ordering::Acquire) && now - start < budget {
