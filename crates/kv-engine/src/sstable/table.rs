@@ -279,10 +279,7 @@ impl Table {
             } else if prefix >= b {
                 hi - 1
             } else {
-                // A float estimate is plenty for a guess (and far cheaper
-                // than a 128-bit division); the cast saturates in range.
-                let frac = (prefix - a) as f64 / (b - a) as f64;
-                (lo + (frac * (len - 1) as f64) as usize).min(hi - 1)
+                (lo + (fraction(prefix, a, b) * (len - 1) as f64) as usize).min(hi - 1)
             };
             // About the square root of `len` (a power of two at or above it).
             let guard = 1usize << (usize::BITS - len.leading_zeros()).div_ceil(2);
@@ -318,16 +315,14 @@ impl Table {
     /// from where its prefix falls between the last prefixes of blocks
     /// `i - 1` and `i`.
     fn position_in_block(&self, i: usize, target: &[u8]) -> f64 {
-        let hi = self.slots[i].prefix;
-        let lo = match i.checked_sub(1) {
-            Some(p) => self.slots[p].prefix,
-            None => return 0.5,
-        };
-        let t = key::prefix(target);
-        if hi <= lo || t <= lo {
-            return 0.0;
+        match i.checked_sub(1) {
+            Some(p) => fraction(
+                key::prefix(target),
+                self.slots[p].prefix,
+                self.slots[i].prefix,
+            ),
+            None => 0.5,
         }
-        (t.min(hi) - lo) as f64 / (hi - lo) as f64
     }
 
     /// The newest entry for the user key of `lookup` (an internal lookup key)
@@ -369,6 +364,16 @@ impl Table {
         let range = it.value_range();
         Ok(Some((kind, self.data.slice_ref(&block[range]))))
     }
+}
+
+/// Where `x` falls between `lo` and `hi`, from 0.0 (at or below `lo`) to
+/// 1.0 (at or above `hi`); 0.0 when the range is empty. A float estimate is
+/// plenty for a guess, and far cheaper than a 128-bit division.
+fn fraction(x: u64, lo: u64, hi: u64) -> f64 {
+    if hi <= lo || x <= lo {
+        return 0.0;
+    }
+    (x.min(hi) - lo) as f64 / (hi - lo) as f64
 }
 
 thread_local! {
