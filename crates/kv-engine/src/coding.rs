@@ -8,6 +8,11 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// Bytes [`put_varint`] writes for `v`.
+pub(crate) fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// A cursor over untrusted bytes. Every read returns `None` when the input
 /// is too short or malformed.
 #[derive(Debug, Clone)]

@@ -27,6 +27,12 @@ pub struct Options {
     pub max_immutable_memtables: usize,
     /// Target size of an SSTable data block, in bytes.
     pub block_size: usize,
+    /// Start each data block on a 4 KiB boundary and fill it only up to the
+    /// end of its last page (`block_size` rounded up to whole pages), so that
+    /// a point lookup touches one memory page of data instead of two; costs
+    /// about 2-3% of space with 100-byte values (default true). Applies only
+    /// when `block_size` is at least 4 KiB.
+    pub block_align: bool,
     /// Keys between restart points in a data block.
     pub block_restart_interval: usize,
     /// Bloom filter bits per key (0 disables bloom filters).
@@ -55,6 +61,7 @@ impl Default for Options {
             memtable_size: 16 << 20,
             max_immutable_memtables: 2,
             block_size: 4096,
+            block_align: true,
             block_restart_interval: 4,
             bloom_bits_per_key: 10,
             target_file_size: 64 << 20,

@@ -8,12 +8,20 @@
 //! number ([`key::prefix`]). A seek binary-searches those packed numbers,
 //! which sit in one or two cache lines, and reads a restart entry itself only
 //! when a prefix ties, instead of touching a scattered entry on every probe.
+//!
+//! A restart point is placed only where a new user key begins (the interval
+//! stretches while versions of one user key follow each other), so all
+//! versions of a user key sit in the interval of its newest one. A seek for a
+//! user key can then start at the restart point holding it, instead of one
+//! interval earlier as when the restart's internal key (an older version)
+//! compares after the target. Tables written before this rule
+//! (`FlashKV2`) are read with [`BlockIter::with_old_restarts`].
 
 use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-use crate::coding::{Reader, put_varint, u32_at, u64_at};
+use crate::coding::{Reader, put_varint, u32_at, u64_at, varint_len};
 use crate::key;
 
 /// Accumulates sorted entries into one block.
@@ -39,18 +47,33 @@ impl BlockBuilder {
         }
     }
 
+    /// Whether `key` would start a restart interval: the block is empty, or
+    /// the interval is full and `key` begins a new user key.
+    fn starts_restart(&self, key: &[u8]) -> bool {
+        self.restarts.is_empty()
+            || (self.since_restart >= self.interval
+                && key::user_key(key) != key::user_key(&self.last_key))
+    }
+
+    /// Bytes of `key` shared with the previous key (0 at a restart point).
+    fn shared_len(&self, key: &[u8], restart: bool) -> usize {
+        if restart {
+            return 0;
+        }
+        key.iter()
+            .zip(&self.last_key)
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
-        let shared = if self.restarts.is_empty() || self.since_restart >= self.interval {
+        let restart = self.starts_restart(key);
+        let shared = self.shared_len(key, restart);
+        if restart {
             self.restarts.push(self.buf.len() as u32);
             self.prefixes.push(key::prefix(key));
             self.since_restart = 0;
-            0
-        } else {
-            key.iter()
-                .zip(&self.last_key)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
+        }
         put_varint(&mut self.buf, shared as u64);
         put_varint(&mut self.buf, (key.len() - shared) as u64);
         put_varint(&mut self.buf, value.len() as u64);
@@ -67,6 +90,21 @@ impl BlockBuilder {
 
     pub(crate) fn size_estimate(&self) -> usize {
         self.buf.len() + self.restarts.len() * 12 + 4
+    }
+
+    /// What [`BlockBuilder::size_estimate`] would be after adding `key` and
+    /// `value` (the finished block's exact length).
+    pub(crate) fn size_with(&self, key: &[u8], value: &[u8]) -> usize {
+        let restart = self.starts_restart(key);
+        let shared = self.shared_len(key, restart);
+        let unshared = key.len() - shared;
+        self.size_estimate()
+            + if restart { 12 } else { 0 }
+            + varint_len(shared as u64)
+            + varint_len(unshared as u64)
+            + varint_len(value.len() as u64)
+            + unshared
+            + value.len()
     }
 
     pub(crate) fn last_key(&self) -> &[u8] {
@@ -116,6 +154,8 @@ pub(crate) struct BlockIter<B = Bytes> {
     next: usize,
     key: Vec<u8>,
     value: (usize, usize),
+    /// Restart points start user keys (see the module docs).
+    user_key_restarts: bool,
 }
 
 impl BlockIter<Bytes> {
@@ -154,7 +194,15 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
             next: limit,
             key: key_buf,
             value: (0, 0),
+            user_key_restarts: true,
         })
+    }
+
+    /// For a block written before restart points started user keys: a
+    /// seek compares whole internal keys with the restart keys.
+    pub(crate) fn with_old_restarts(mut self) -> Self {
+        self.user_key_restarts = false;
+        self
     }
 
     /// The key buffer, for reuse by a later iterator.
@@ -258,18 +306,25 @@ impl<B: AsRef<[u8]>> BlockIter<B> {
 
     /// Positions at the first entry whose key is >= `target`.
     pub(crate) fn seek(&mut self, target: &[u8]) -> Result<(), BadBlock> {
-        // Binary search for the last restart point whose key is < target.
+        // Binary search for the last restart point the target's entry cannot
+        // be before: the last whose user key is <= the target's (all of a
+        // user key's versions follow its restart point), or in older blocks
+        // the last whose internal key is < target.
         let target_prefix = key::prefix(target);
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             let prefix = u64_at(self.data.as_ref(), self.limit + mid * 8)
                 .ok_or(BadBlock("restart prefixes cut short"))?;
-            let less = match prefix.cmp(&target_prefix) {
+            let at_or_before = match prefix.cmp(&target_prefix) {
+                Ordering::Equal if self.user_key_restarts => {
+                    let restart = key::user_key(self.restart_key(mid)?);
+                    key::compare_user(restart, key::user_key(target)) != Ordering::Greater
+                }
                 Ordering::Equal => key::compare(self.restart_key(mid)?, target) == Ordering::Less,
                 o => o == Ordering::Less,
             };
-            if less {
+            if at_or_before {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -452,6 +507,104 @@ mod tests {
             it.next().expect("next");
         }
         assert!(!it.valid());
+    }
+
+    /// A user key and the sequence numbers of its versions, newest first.
+    type Versions = (Vec<u8>, Vec<u64>);
+
+    /// Each user key has 1-6 versions; the interval would otherwise put
+    /// restart points on older versions.
+    fn versioned_block(interval: usize) -> (Vec<u8>, Vec<Versions>) {
+        let users: Vec<Versions> = (0..80u64)
+            .map(|i| {
+                let seqs = (0..=(i * 7) % 6).map(|v| 100 - v * 10).collect();
+                (format!("user{i:03}").into_bytes(), seqs)
+            })
+            .collect();
+        let mut b = BlockBuilder::new(interval);
+        for (u, seqs) in &users {
+            for &seq in seqs {
+                b.add(&key::make(u, seq, Kind::Put), &seq.to_le_bytes());
+            }
+        }
+        (b.finish(), users)
+    }
+
+    #[test]
+    fn restart_points_start_user_keys() {
+        for interval in [1, 2, 4, 16] {
+            let (block, _) = versioned_block(interval);
+            let mut it = BlockIter::new(&block[..]).expect("valid block");
+            let restarts: Vec<usize> = (0..it.num_restarts)
+                .map(|i| it.restart(i).expect("restart"))
+                .collect();
+            assert!(restarts.len() > 80 / (interval + 6), "interval {interval}");
+            let (mut prev_user, mut n) = (Vec::new(), 0);
+            it.seek_to_first().expect("first");
+            while it.valid() {
+                let user = key::user_key(it.key()).to_vec();
+                if restarts.contains(&it.cur) {
+                    assert_ne!(
+                        user, prev_user,
+                        "interval {interval}: restart inside a user key"
+                    );
+                } else {
+                    n += 1;
+                }
+                prev_user = user;
+                it.next().expect("next");
+            }
+            assert!(n > 0, "interval {interval}: every entry is a restart point");
+        }
+    }
+
+    /// A seek at each read sequence finds the newest version visible there,
+    /// both when restart points start user keys and with the older search
+    /// that compares whole internal keys.
+    #[test]
+    fn seek_finds_the_visible_version_among_many() {
+        for interval in [1, 2, 4, 16] {
+            let (block, users) = versioned_block(interval);
+            for old in [false, true] {
+                let mut it = BlockIter::new(&block[..]).expect("valid block");
+                if old {
+                    it = it.with_old_restarts();
+                }
+                for (i, (u, seqs)) in users.iter().enumerate() {
+                    for read in [5, 55, 95, 100, 200] {
+                        it.seek(&key::lookup(u, read)).expect("seek");
+                        match seqs.iter().find(|&&s| s <= read) {
+                            Some(&s) => {
+                                assert_eq!(key::user_key(it.key()), &u[..]);
+                                assert_eq!(it.value_slice(), s.to_le_bytes());
+                            }
+                            None => {
+                                let next = users.get(i + 1).map(|(n, _)| &n[..]);
+                                assert_eq!(it.valid().then(|| key::user_key(it.key())), next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn size_with_is_the_finished_length() {
+        let mut b = BlockBuilder::new(3);
+        for i in 0..200u32 {
+            let k = key::make(
+                format!("k{:06}", i / 3).as_bytes(),
+                1000 - u64::from(i),
+                Kind::Put,
+            );
+            let v = vec![1u8; (i as usize * 37) % 300];
+            let want = b.size_with(&k, &v);
+            b.add(&k, &v);
+            assert_eq!(b.size_estimate(), want, "entry {i}");
+        }
+        let n = b.size_estimate();
+        assert_eq!(b.finish().len(), n);
     }
 
     #[test]

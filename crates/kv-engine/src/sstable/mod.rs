@@ -7,6 +7,12 @@
 //! ```
 //! Index entries map the last key of each data block to `offset u64 | len u32`.
 //! Every block's checksum is verified the first time it is read.
+//!
+//! Format `FlashKV3` (written now) allows zero padding of less than 4 KiB
+//! before a data block, so that blocks can start at page boundaries (see
+//! [`crate::Options::block_align`]), and places data-block restart points
+//! only where a user key begins. `FlashKV2` tables (contiguous blocks,
+//! restart points anywhere) are still read.
 
 mod block;
 pub(crate) mod bloom;
@@ -17,8 +23,14 @@ pub use builder::TableBuilder;
 pub(crate) use table::TableIter;
 pub use table::{Table, TableMeta};
 
-pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5632; // "FlashKV2"
+pub(crate) const MAGIC: u64 = 0x466c_6173_684b_5633; // "FlashKV3"
+/// Contiguous data blocks, restart points anywhere: still read.
+pub(crate) const MAGIC_V2: u64 = 0x466c_6173_684b_5632; // "FlashKV2"
 /// The earlier format (no restart-key prefixes in block trailers), named in
 /// the error when such a table is opened.
 pub(crate) const MAGIC_V1: u64 = 0x466c_6173_684b_5631; // "FlashKV1"
 pub(crate) const FOOTER_LEN: usize = 5 * 8 + 4 + 8;
+
+/// Data blocks never cross more 4 KiB pages than their size needs when
+/// they start on a page boundary; the padding before one is less than this.
+pub(crate) const PAGE: u64 = 4096;

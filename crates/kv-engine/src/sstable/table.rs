@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use bytes::Bytes;
 
 use super::block::{self, BadBlock, BlockIter};
-use super::{FOOTER_LEN, MAGIC, bloom};
+use super::{FOOTER_LEN, MAGIC, MAGIC_V2, PAGE, bloom};
 use crate::coding::{u32_at, u64_at};
 use crate::error::{Error, IoContext, Result};
 use crate::iterator::InternalIterator;
@@ -44,8 +44,9 @@ impl TableMeta {
 }
 
 /// One data block in the in-memory index: the `key::prefix` of its last
-/// key and where it starts. Blocks are contiguous (each followed by its
-/// 4-byte checksum), so block `i` ends 4 bytes before block `i + 1` starts; a
+/// key, where it starts and how much padding comes before it. Each block is
+/// followed by its 4-byte checksum and then the next block's padding, so
+/// block `i` ends where block `i + 1`'s padding begins, 4 bytes before; a
 /// sentinel slot after the last block holds the end of the data blocks.
 ///
 /// A lookup's binary search runs over these 16-byte slots, and its last
@@ -55,11 +56,98 @@ impl TableMeta {
 #[repr(C, align(16))]
 struct Slot {
     prefix: u64,
-    /// Offset of the block, with [`VERIFIED`] set once its checksum passed.
+    /// Offset of the block (low [`OFFSET_BITS`] bits), the padding before it
+    /// (the next 12 bits, always < [`PAGE`]) and [`VERIFIED`], set once its
+    /// checksum passed.
     offset: AtomicU64,
 }
 
+const OFFSET_BITS: u32 = 48;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
 const VERIFIED: u64 = 1 << 63;
+
+fn slot(prefix: u64, offset: u64, pad: u64) -> Slot {
+    Slot {
+        prefix,
+        offset: AtomicU64::new(offset | pad << OFFSET_BITS),
+    }
+}
+
+/// Where each slice of the prefix space starts among a table's blocks, so
+/// that a lookup starts its search among the one or two blocks of its
+/// slice instead of probing the index from the ends.
+///
+/// The prefixes of a table's blocks share their first `common` bits; the
+/// next `bits` bits of a prefix name its bucket, and `starts[j]` is the
+/// first block whose last prefix falls in bucket `j` or later (`starts` has
+/// one more entry, the number of blocks). A target in bucket `j` then lies in
+/// blocks `starts[j]..=starts[j + 1]`: every block before `starts[j]` ends
+/// in a lower bucket, and block `starts[j + 1]` ends in a higher one.
+#[derive(Debug)]
+struct Radix {
+    /// The shared leading bits, the rest zero.
+    base: u64,
+    /// Mask of the shared leading bits.
+    high: u64,
+    common: u32,
+    bits: u32,
+    starts: Vec<u32>,
+}
+
+impl Radix {
+    /// About one bucket per block; `None` when the blocks are too few to
+    /// need it or their prefixes do not spread (all equal).
+    fn build(prefixes: impl ExactSizeIterator<Item = u64> + Clone) -> Option<Radix> {
+        let n = prefixes.len();
+        let (first, last) = (prefixes.clone().next()?, prefixes.clone().last()?);
+        if n <= INTERPOLATION_MIN || first == last || u32::try_from(n).is_err() {
+            return None;
+        }
+        let common = (first ^ last).leading_zeros();
+        let high = (!0u64).checked_shl(64 - common).unwrap_or(0);
+        let bits = n
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(64 - common)
+            .min(24);
+        let mut radix = Radix {
+            base: first & high,
+            high,
+            common,
+            bits,
+            starts: Vec::with_capacity((1 << bits) + 1),
+        };
+        for (i, p) in prefixes.enumerate() {
+            let b = radix.bucket(p);
+            while radix.starts.len() <= b {
+                radix.starts.push(i as u32);
+            }
+        }
+        radix.starts.resize((1 << bits) + 1, n as u32);
+        Some(radix)
+    }
+
+    /// The bucket of `prefix`; prefixes outside the shared leading bits
+    /// fall in the first or the last bucket.
+    fn bucket(&self, prefix: u64) -> usize {
+        if prefix & self.high != self.base {
+            return if prefix < self.base {
+                0
+            } else {
+                (1 << self.bits) - 1
+            };
+        }
+        // `bits` > 0 and `common + bits` <= 64, so neither shift overflows.
+        ((prefix << self.common) >> (64 - self.bits)) as usize
+    }
+
+    /// Blocks `lo..hi` that can hold the first block ending at or after a
+    /// target with `prefix` (it may also be `hi`).
+    fn range(&self, prefix: u64) -> (usize, usize) {
+        let b = self.bucket(prefix);
+        (self.starts[b] as usize, self.starts[b + 1] as usize)
+    }
+}
 
 /// Interpolation rounds of [`Table::find_block`] before its binary search.
 const INTERPOLATION_ROUNDS: usize = 3;
@@ -73,12 +161,15 @@ pub struct Table {
     data: Bytes,
     /// One slot per data block plus the sentinel.
     slots: Vec<Slot>,
+    radix: Option<Radix>,
     /// The last key of every data block, back to back (read only when
     /// prefixes tie).
     index_keys: Vec<u8>,
     /// Where each block's last key ends in `index_keys`.
     key_ends: Vec<usize>,
     filter: Bytes,
+    /// Format `FlashKV3`: data-block restart points start user keys.
+    user_key_restarts: bool,
 }
 
 impl Table {
@@ -102,8 +193,9 @@ impl Table {
         let corrupt = |off: usize, why: &str| Error::corruption(path, off as u64, why.to_string());
         let foot_at = data.len() - FOOTER_LEN;
         let footer = &data[foot_at..];
-        match u64_at(footer, 44) {
-            Some(MAGIC) => {}
+        let v3 = match u64_at(footer, 44) {
+            Some(MAGIC) => true,
+            Some(MAGIC_V2) => false,
             Some(super::MAGIC_V1) => {
                 return Err(corrupt(
                     foot_at,
@@ -112,7 +204,7 @@ impl Table {
                 ));
             }
             _ => return Err(corrupt(foot_at, "bad table magic")),
-        }
+        };
         if u32_at(footer, 40) != Some(crc32fast::hash(&footer[..40])) {
             return Err(corrupt(foot_at, "footer checksum mismatch"));
         }
@@ -148,7 +240,8 @@ impl Table {
                 return Err(corrupt(index_off, "malformed index entry"));
             };
             let (off, len) = (off as usize, len as usize);
-            if off != expect_off {
+            let pad = off.wrapping_sub(expect_off) as u64;
+            if off < expect_off || pad >= if v3 { PAGE } else { 1 } || off as u64 > OFFSET_MASK {
                 return Err(corrupt(
                     index_off,
                     "index entry does not start where the previous block ended",
@@ -162,25 +255,22 @@ impl Table {
             if key::parse(it.key()).is_none() {
                 return Err(corrupt(index_off, "malformed key in index"));
             }
-            slots.push(Slot {
-                prefix: key::prefix(it.key()),
-                offset: AtomicU64::new(off as u64),
-            });
+            slots.push(slot(key::prefix(it.key()), off as u64, pad));
             index_keys.extend_from_slice(it.key());
             key_ends.push(index_keys.len());
             it.next().map_err(|e| corrupt(index_off, e.0))?;
         }
-        slots.push(Slot {
-            prefix: u64::MAX,
-            offset: AtomicU64::new(expect_off as u64),
-        });
+        slots.push(slot(u64::MAX, expect_off as u64, 0));
+        let radix = Radix::build(slots[..slots.len() - 1].iter().map(|s| s.prefix));
         Ok(Arc::new(Table {
             path: path.to_path_buf(),
             data,
             slots,
+            radix,
             index_keys,
             key_ends,
             filter,
+            user_key_restarts: v3,
         }))
     }
 
@@ -191,7 +281,15 @@ impl Table {
 
     /// Offset of data block `i` (`i <= num_blocks()`).
     fn block_offset(&self, i: usize) -> usize {
-        (self.slots[i].offset.load(AtomicOrdering::Relaxed) & !VERIFIED) as usize
+        (self.slots[i].offset.load(AtomicOrdering::Relaxed) & OFFSET_MASK) as usize
+    }
+
+    /// Where data block `i` (`i < num_blocks()`) ends and its checksum starts.
+    fn block_end(&self, i: usize) -> usize {
+        let next = self.slots[i + 1].offset.load(AtomicOrdering::Relaxed);
+        // Checked at open: the next block's padding starts after this
+        // block's checksum.
+        ((next & OFFSET_MASK) - ((next & !VERIFIED) >> OFFSET_BITS) - 4) as usize
     }
 
     pub(crate) fn may_contain(&self, hash: u64) -> bool {
@@ -213,9 +311,8 @@ impl Table {
             return Err(Error::corruption(&self.path, 0, "block index out of range"));
         }
         let raw = self.slots[i].offset.load(AtomicOrdering::Relaxed);
-        let offset = (raw & !VERIFIED) as usize;
-        // Checked at open: blocks are contiguous and end within the data.
-        let end = self.block_offset(i + 1) - 4;
+        let offset = (raw & OFFSET_MASK) as usize;
+        let end = self.block_end(i);
         let block = &self.data[offset..end];
         if raw & VERIFIED == 0 {
             if u32_at(&self.data, end) != Some(crc32fast::hash(block)) {
@@ -234,7 +331,21 @@ impl Table {
 
     fn block(&self, i: usize) -> Result<BlockIter> {
         let block = self.block_slice(i)?;
-        BlockIter::new(self.data.slice_ref(block)).map_err(|e| self.bad(i, e))
+        self.block_iter(i, self.data.slice_ref(block), Vec::new())
+    }
+
+    fn block_iter<B: AsRef<[u8]>>(
+        &self,
+        i: usize,
+        block: B,
+        key_buf: Vec<u8>,
+    ) -> Result<BlockIter<B>> {
+        let it = BlockIter::with_key_buf(block, key_buf).map_err(|e| self.bad(i, e))?;
+        Ok(if self.user_key_restarts {
+            it
+        } else {
+            it.with_old_restarts()
+        })
     }
 
     /// The last key of block `i`, as the index holds it.
@@ -253,17 +364,21 @@ impl Table {
 
     /// Index of the first block whose last key is >= `target`.
     ///
-    /// Up to [`INTERPOLATION_ROUNDS`] rounds guess the block from where the
-    /// target's prefix falls between the prefixes at the ends of the range
-    /// and bracket the guess with a probe `guard` slots away; a binary search
-    /// finishes the rest. On evenly spread keys two rounds leave a few
-    /// adjacent slots, so a lookup touches about four cache lines of the
-    /// index instead of one per halving. Prefixes that do not spread (a
-    /// shared 8-byte head, skew) only cost the few bracketing probes: every
-    /// probe still narrows the range, and the binary search is unchanged.
+    /// The [`Radix`] table narrows the search to the blocks of the target's
+    /// prefix bucket: one or two on evenly spread keys, one cache line of
+    /// the radix and one of the slots. Where a bucket holds many blocks
+    /// (skewed keys), up to [`INTERPOLATION_ROUNDS`] rounds guess the block
+    /// from where the target's prefix falls between the prefixes at the ends
+    /// of the range and bracket the guess with a probe `guard` slots away; a
+    /// binary search finishes the rest. Prefixes that do not spread (a shared
+    /// 8-byte head) only cost the few bracketing probes: every probe still
+    /// narrows the range, and the binary search is unchanged.
     fn find_block(&self, target: &[u8]) -> usize {
         let prefix = key::prefix(target);
-        let (mut lo, mut hi) = (0, self.num_blocks());
+        let (mut lo, mut hi) = match &self.radix {
+            Some(r) => r.range(prefix),
+            None => (0, self.num_blocks()),
+        };
         // Invariant: blocks before `lo` end before `target`, blocks from `hi` on do not.
         for _ in 0..INTERPOLATION_ROUNDS {
             let len = hi - lo;
@@ -337,7 +452,7 @@ impl Table {
         // Point lookups on one thread reuse one key buffer instead of
         // allocating and freeing one per lookup.
         let buf = KEY_BUF.with(|b| b.take());
-        let mut it = BlockIter::with_key_buf(block, buf).map_err(|e| self.bad(i, e))?;
+        let mut it = self.block_iter(i, block, buf)?;
         let found = self.found_in(i, block, &mut it, lookup);
         KEY_BUF.with(|b| b.replace(it.into_key_buf()));
         found
@@ -564,6 +679,152 @@ mod tests {
             })
             .collect();
         check("two clusters", clusters, &mut rng);
+    }
+
+    /// On spread keys the radix leaves one or two candidate blocks; on
+    /// prefixes that all tie it is not built; short keys (zero-padded
+    /// prefixes) and a table whose prefixes share most leading bits still
+    /// spread over the buckets.
+    #[test]
+    fn radix_narrows_spread_keys_to_a_block_or_two() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uniform: Vec<Vec<u8>> = (0..20_000)
+            .map(|_| rng.r#gen::<[u8; 16]>().to_vec())
+            .collect();
+        // One slice of the key space: the first 40 bits are all the same.
+        let narrow: Vec<Vec<u8>> = (0..20_000)
+            .map(|_| [&[1u8, 2, 3, 4, 5][..], &rng.r#gen::<[u8; 11]>()].concat())
+            .collect();
+        for (name, mut keys) in [("uniform", uniform), ("narrow", narrow)] {
+            keys.sort();
+            keys.dedup();
+            let t = table_of(dir.path(), &keys);
+            let radix = t.radix.as_ref().expect("radix");
+            let (mut total, mut wide) = (0, 0);
+            for uk in &keys {
+                let lookup = key::lookup(uk, key::MAX_SEQ);
+                let (lo, hi) = radix.range(key::prefix(&lookup));
+                let found = t.find_block(&lookup);
+                assert!(
+                    (lo..=hi).contains(&found),
+                    "{name}: {found} outside {lo}..={hi}"
+                );
+                total += hi - lo;
+                wide += usize::from(hi - lo > 4);
+            }
+            let mean = total as f64 / keys.len() as f64;
+            assert!(mean < 2.0, "{name}: {mean:.2} candidate blocks on average");
+            assert!(
+                wide * 100 < keys.len(),
+                "{name}: {wide} targets with > 4 candidates"
+            );
+        }
+        let tied: Vec<Vec<u8>> = (0..5_000u32)
+            .map(|i| [b"user:000".as_slice(), &i.to_be_bytes()].concat())
+            .collect();
+        assert!(table_of(dir.path(), &tied).radix.is_none());
+    }
+
+    /// Writes 20,000 random 16-byte keys with 100-byte values (one of
+    /// 10,000 bytes among them) and returns the keys.
+    fn write_spread(path: &Path, opts: &Options) -> Vec<[u8; 16]> {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut user_keys: Vec<[u8; 16]> = (0..20_000).map(|_| rng.r#gen()).collect();
+        user_keys.sort();
+        let mut b = TableBuilder::create(path, 1, opts).expect("create");
+        for (i, uk) in user_keys.iter().enumerate() {
+            let value = vec![i as u8; if i == 7_000 { 10_000 } else { 100 }];
+            b.add(&key::make(uk, i as u64 + 1, Kind::Put), &value)
+                .expect("add");
+        }
+        b.finish().expect("finish");
+        user_keys
+    }
+
+    fn check_all_found(t: &Table, user_keys: &[[u8; 16]]) {
+        for (i, uk) in user_keys.iter().enumerate() {
+            let (kind, v) = t
+                .get(&key::lookup(uk, key::MAX_SEQ))
+                .expect("get")
+                .expect("present");
+            assert_eq!(kind, Kind::Put);
+            assert_eq!(v[0], i as u8);
+        }
+    }
+
+    #[test]
+    fn aligned_blocks_start_on_a_page_and_fill_at_most_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("000001.sst");
+        let user_keys = write_spread(&path, &Options::default());
+        let t = Table::open(&path).expect("open");
+        assert!(t.num_blocks() > 500, "only {} blocks", t.num_blocks());
+        let (mut big, mut used) = (0, 0);
+        for i in 0..t.num_blocks() {
+            let (start, end) = (t.block_offset(i), t.block_end(i));
+            assert_eq!(start % PAGE as usize, 0, "block {i} starts at {start}");
+            used += end + 4 - start;
+            if end + 4 - start > PAGE as usize {
+                // Only the block holding the one 10,000-byte value may.
+                big += 1;
+                let mut it = t.block(i).expect("block");
+                it.seek_to_first().expect("first");
+                it.next().expect("next");
+                assert!(
+                    !it.valid(),
+                    "block {i} spans pages with more than one entry"
+                );
+            }
+        }
+        assert_eq!(big, 1);
+        // Blocks are filled: on average less than two entries of a page unused.
+        let pages = t.block_offset(t.num_blocks() - 1) / PAGE as usize + 1;
+        assert!(
+            pages * PAGE as usize - used < pages * 2 * 130,
+            "{used} bytes in {pages} pages"
+        );
+        check_all_found(&t, &user_keys);
+    }
+
+    /// `block_align: false` writes contiguous blocks; a table written so and
+    /// marked `FlashKV2` (as before padding and user-key restart points)
+    /// still reads, and one with padding marked `FlashKV2` is refused.
+    #[test]
+    fn contiguous_and_older_tables_read_and_padding_needs_the_new_format() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let as_v2 = |path: &Path| {
+            let mut bytes = std::fs::read(path).expect("read");
+            let at = bytes.len() - 8;
+            bytes[at..].copy_from_slice(&MAGIC_V2.to_le_bytes());
+            std::fs::write(path, bytes).expect("write");
+        };
+        let path = dir.path().join("000001.sst");
+        let opts = Options {
+            block_align: false,
+            ..Options::default()
+        };
+        let user_keys = write_spread(&path, &opts);
+        let t = Table::open(&path).expect("open");
+        for i in 1..t.num_blocks() {
+            assert_eq!(
+                t.block_offset(i),
+                t.block_end(i - 1) + 4,
+                "gap before block {i}"
+            );
+        }
+        check_all_found(&t, &user_keys);
+        drop(t);
+        as_v2(&path);
+        let t = Table::open(&path).expect("open as FlashKV2");
+        assert!(!t.user_key_restarts);
+        check_all_found(&t, &user_keys);
+
+        let aligned = dir.path().join("000002.sst");
+        write_spread(&aligned, &Options::default());
+        as_v2(&aligned);
+        let err = Table::open(&aligned).expect_err("padding in a FlashKV2 table");
+        assert!(err.to_string().contains("does not start where"), "{err}");
     }
 
     #[test]
