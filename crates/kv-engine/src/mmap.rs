@@ -32,6 +32,11 @@ pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Bytes> {
     // table only unlinks it; the mapping stays valid until the last `Bytes`
     // slice of it is dropped.
     let map = unsafe { memmap2::Mmap::map(file) }.ctx(path)?;
+    // Read back after eviction, the file comes in 2 MiB folios too (see the
+    // table builder's `ChunkWriter`); only a hint, so its failure is not an
+    // error.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     Ok(Bytes::from_owner(map))
 }
 

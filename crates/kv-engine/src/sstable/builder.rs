@@ -1,7 +1,7 @@
 //! Writes a table file from entries given in sorted order.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::block::BlockBuilder;
@@ -13,7 +13,7 @@ use crate::options::Options;
 /// Builds one SSTable. Call [`TableBuilder::finish`] to complete and fsync it.
 #[derive(Debug)]
 pub struct TableBuilder {
-    out: BufWriter<File>,
+    out: ChunkWriter,
     path: PathBuf,
     number: u64,
     offset: u64,
@@ -45,7 +45,7 @@ impl TableBuilder {
             .open(path)
             .ctx(path)?;
         Ok(TableBuilder {
-            out: BufWriter::with_capacity(256 << 10, file),
+            out: ChunkWriter::new(file),
             path: path.to_path_buf(),
             number,
             offset: 0,
@@ -177,10 +177,7 @@ impl TableBuilder {
         footer.extend_from_slice(&MAGIC.to_le_bytes());
         self.out.write_all(&footer).ctx(&self.path)?;
         self.offset += footer.len() as u64;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| crate::Error::io(&self.path, e.into_error()))?;
+        let file = self.out.finish().ctx(&self.path)?;
         file.sync_all().ctx(&self.path)?;
         Ok(TableMeta {
             number: self.number,
@@ -194,5 +191,92 @@ impl TableBuilder {
 
     fn last_index_key(&self) -> Vec<u8> {
         self.index.last_key().to_vec()
+    }
+}
+
+/// Bytes [`ChunkWriter`] hands to the file per `write`: one 2 MiB huge page.
+const CHUNK: usize = 2 << 20;
+
+/// Writes a file in whole, aligned 2 MiB chunks (and the rest at the end).
+///
+/// The page cache then holds the table in 2 MiB folios (on file systems
+/// with large folios, ext4 and xfs on current kernels), and the table's
+/// read-only mapping maps them with 2 MiB pages: a lookup's data block then
+/// costs no page walk of its own. Smaller or unaligned writes leave 4 KiB
+/// pages (256 KiB or 1 MiB writes did on ext4 with Linux 6.18).
+#[derive(Debug)]
+struct ChunkWriter<W = File> {
+    file: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> ChunkWriter<W> {
+    fn new(file: W) -> Self {
+        ChunkWriter {
+            file,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let take = (CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == CHUNK {
+                self.file.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the file.
+    fn finish(mut self) -> std::io::Result<W> {
+        self.file.write_all(&self.buf)?;
+        Ok(self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the length of each `write` it gets.
+    #[derive(Default)]
+    struct Writes(Vec<usize>, Vec<u8>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.len());
+            self.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn chunk_writer_writes_whole_chunks_then_the_rest() {
+        let mut w = ChunkWriter::new(Writes::default());
+        let mut want = Vec::new();
+        for i in 0..3000u32 {
+            // Blocks of odd sizes, and a few larger than a chunk.
+            let len = if i % 1000 == 999 {
+                5 << 20
+            } else {
+                4093 + i as usize % 7
+            };
+            let block = vec![i as u8; len];
+            w.write_all(&block).expect("write");
+            want.extend_from_slice(&block);
+        }
+        let out = w.finish().expect("finish");
+        let (last, whole) = out.0.split_last().expect("writes");
+        assert!(whole.iter().all(|&n| n == CHUNK), "{whole:?}");
+        assert!(*last <= CHUNK);
+        assert_eq!(out.1, want);
     }
 }
