@@ -189,7 +189,7 @@ pub(crate) fn run(
                     .is_some_and(|(b, _)| b.estimated_size() >= opts.target_file_size)
                 && let Some((b, path)) = builder.take()
             {
-                outputs.push(finish(b, path, stats)?);
+                outputs.push(finish(b, path, opts, stats)?);
             }
             if builder.is_none() {
                 let n = new_file_number();
@@ -203,7 +203,7 @@ pub(crate) fn run(
         it.next()?;
     }
     if let Some((b, path)) = builder.take() {
-        outputs.push(finish(b, path, stats)?);
+        outputs.push(finish(b, path, opts, stats)?);
     }
     if !outputs.is_empty() {
         filename::sync_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -214,10 +214,11 @@ pub(crate) fn run(
 fn finish(
     b: TableBuilder,
     path: std::path::PathBuf,
+    opts: &Options,
     stats: &mut RunStats,
 ) -> Result<Arc<FileHandle>> {
     let meta = b.finish()?;
     stats.bytes_written += meta.size;
-    let table = Table::open(&path)?;
+    let table = Table::open(&path, opts.huge_page_tables)?;
     Ok(Arc::new(FileHandle::new(meta, table, path)))
 }

@@ -24,7 +24,7 @@ use crate::error::{IoContext, Result};
 /// # Errors
 ///
 /// The `mmap` call failed.
-pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Bytes> {
+pub(crate) fn map_readonly(file: &File, path: &Path, huge_pages: bool) -> Result<Bytes> {
     // SAFETY: only fully written, fsynced, immutable SSTables are mapped
     // (the builder finishes and syncs a table before anything opens it), the
     // engine never writes, truncates or rewrites a table file after that, and
@@ -36,7 +36,11 @@ pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Bytes> {
     // table builder's `ChunkWriter`); only a hint, so its failure is not an
     // error.
     #[cfg(target_os = "linux")]
-    let _ = map.advise(memmap2::Advice::HugePage);
+    if huge_pages {
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = huge_pages;
     Ok(Bytes::from_owner(map))
 }
 

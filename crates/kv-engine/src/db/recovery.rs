@@ -123,7 +123,7 @@ pub(super) fn recover(dir: PathBuf, opts: Options) -> Result<Inner> {
                     ),
                 ));
             }
-            let table = Table::open(&path)?;
+            let table = Table::open(&path, opts.huge_page_tables)?;
             version.levels[level].push(Arc::new(FileHandle::new(meta, table, path)));
         }
     }
@@ -251,6 +251,6 @@ pub(super) fn build_table(
     let mut b = TableBuilder::create(&path, number, opts)?;
     mem.for_each(|k, v| b.add(k, v))?;
     let meta = b.finish()?;
-    let table = Table::open(&path)?;
+    let table = Table::open(&path, opts.huge_page_tables)?;
     Ok(Arc::new(FileHandle::new(meta, table, path)))
 }

@@ -45,7 +45,14 @@ impl TableBuilder {
             .open(path)
             .ctx(path)?;
         Ok(TableBuilder {
-            out: ChunkWriter::new(file),
+            out: ChunkWriter::new(
+                file,
+                if opts.huge_page_tables {
+                    HUGE_CHUNK
+                } else {
+                    SMALL_CHUNK
+                },
+            ),
             path: path.to_path_buf(),
             number,
             offset: 0,
@@ -194,36 +201,41 @@ impl TableBuilder {
     }
 }
 
-/// Bytes [`ChunkWriter`] hands to the file per `write`: one 2 MiB huge page.
-const CHUNK: usize = 2 << 20;
+/// Bytes [`ChunkWriter`] hands to the file per `write` with
+/// [`Options::huge_page_tables`]: one 2 MiB huge page.
+const HUGE_CHUNK: usize = 2 << 20;
+/// ... and without.
+const SMALL_CHUNK: usize = 256 << 10;
 
-/// Writes a file in whole, aligned 2 MiB chunks (and the rest at the end).
+/// Writes a file in whole, aligned chunks (and the rest at the end).
 ///
-/// The page cache then holds the table in 2 MiB folios (on file systems
-/// with large folios, ext4 and xfs on current kernels), and the table's
-/// read-only mapping maps them with 2 MiB pages: a lookup's data block then
-/// costs no page walk of its own. Smaller or unaligned writes leave 4 KiB
-/// pages (256 KiB or 1 MiB writes did on ext4 with Linux 6.18).
+/// With 2 MiB chunks the page cache holds the table in 2 MiB folios (on
+/// file systems with large folios, ext4 and xfs on current kernels), and the
+/// table's read-only mapping maps them with 2 MiB pages: a lookup's data
+/// block then costs no page walk of its own. Smaller or unaligned writes
+/// leave 4 KiB pages (256 KiB or 1 MiB writes did on ext4 with Linux 6.18).
 #[derive(Debug)]
 struct ChunkWriter<W = File> {
     file: W,
     buf: Vec<u8>,
+    chunk: usize,
 }
 
 impl<W: Write> ChunkWriter<W> {
-    fn new(file: W) -> Self {
+    fn new(file: W, chunk: usize) -> Self {
         ChunkWriter {
             file,
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(chunk),
+            chunk,
         }
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
-            let take = (CHUNK - self.buf.len()).min(data.len());
+            let take = (self.chunk - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buf.len() == CHUNK {
+            if self.buf.len() == self.chunk {
                 self.file.write_all(&self.buf)?;
                 self.buf.clear();
             }
@@ -260,7 +272,7 @@ mod tests {
 
     #[test]
     fn chunk_writer_writes_whole_chunks_then_the_rest() {
-        let mut w = ChunkWriter::new(Writes::default());
+        let mut w = ChunkWriter::new(Writes::default(), HUGE_CHUNK);
         let mut want = Vec::new();
         for i in 0..3000u32 {
             // Blocks of odd sizes, and a few larger than a chunk.
@@ -275,8 +287,8 @@ mod tests {
         }
         let out = w.finish().expect("finish");
         let (last, whole) = out.0.split_last().expect("writes");
-        assert!(whole.iter().all(|&n| n == CHUNK), "{whole:?}");
-        assert!(*last <= CHUNK);
+        assert!(whole.iter().all(|&n| n == HUGE_CHUNK), "{whole:?}");
+        assert!(*last <= HUGE_CHUNK);
         assert_eq!(out.1, want);
     }
 }

@@ -179,7 +179,7 @@ impl Table {
     ///
     /// I/O errors, or [`Error::Corruption`] naming the file when the footer,
     /// index or filter are damaged.
-    pub fn open(path: &Path) -> Result<Arc<Table>> {
+    pub fn open(path: &Path, huge_pages: bool) -> Result<Arc<Table>> {
         let file = File::open(path).ctx(path)?;
         let len = file.metadata().ctx(path)?.len();
         if len < FOOTER_LEN as u64 {
@@ -189,7 +189,7 @@ impl Table {
                 format!("file of {len} bytes is too short for a table"),
             ));
         }
-        let data = crate::mmap::map_readonly(&file, path)?;
+        let data = crate::mmap::map_readonly(&file, path, huge_pages)?;
         let corrupt = |off: usize, why: &str| Error::corruption(path, off as u64, why.to_string());
         let foot_at = data.len() - FOOTER_LEN;
         let footer = &data[foot_at..];
@@ -600,7 +600,7 @@ mod tests {
                 .expect("add");
         }
         b.finish().expect("finish");
-        Table::open(&path).expect("open")
+        Table::open(&path, true).expect("open")
     }
 
     /// The first block whose last key is >= `target`, by a linear scan.
@@ -758,7 +758,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("000001.sst");
         let user_keys = write_spread(&path, &Options::default());
-        let t = Table::open(&path).expect("open");
+        let t = Table::open(&path, true).expect("open");
         assert!(t.num_blocks() > 500, "only {} blocks", t.num_blocks());
         let (mut big, mut used) = (0, 0);
         for i in 0..t.num_blocks() {
@@ -787,6 +787,25 @@ mod tests {
         check_all_found(&t, &user_keys);
     }
 
+    #[test]
+    fn huge_page_tables_changes_how_tables_are_written_not_their_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut files = Vec::new();
+        for huge_page_tables in [true, false] {
+            let path = dir.path().join(format!("{huge_page_tables}.sst"));
+            let opts = Options {
+                huge_page_tables,
+                ..Options::default()
+            };
+            let keys = write_spread(&path, &opts);
+            let t = Table::open(&path, huge_page_tables).expect("open");
+            check_all_found(&t, &keys);
+            files.push(std::fs::read(&path).expect("read"));
+        }
+        assert!(files[0].len() > 2 << 20, "{} bytes", files[0].len());
+        assert!(files[0] == files[1], "the two files differ");
+    }
+
     /// `block_align: false` writes contiguous blocks; a table written so and
     /// marked `FlashKV2` (as before padding and user-key restart points)
     /// still reads, and one with padding marked `FlashKV2` is refused.
@@ -805,7 +824,7 @@ mod tests {
             ..Options::default()
         };
         let user_keys = write_spread(&path, &opts);
-        let t = Table::open(&path).expect("open");
+        let t = Table::open(&path, true).expect("open");
         for i in 1..t.num_blocks() {
             assert_eq!(
                 t.block_offset(i),
@@ -816,14 +835,14 @@ mod tests {
         check_all_found(&t, &user_keys);
         drop(t);
         as_v2(&path);
-        let t = Table::open(&path).expect("open as FlashKV2");
+        let t = Table::open(&path, true).expect("open as FlashKV2");
         assert!(!t.user_key_restarts);
         check_all_found(&t, &user_keys);
 
         let aligned = dir.path().join("000002.sst");
         write_spread(&aligned, &Options::default());
         as_v2(&aligned);
-        let err = Table::open(&aligned).expect_err("padding in a FlashKV2 table");
+        let err = Table::open(&aligned, true).expect_err("padding in a FlashKV2 table");
         assert!(err.to_string().contains("does not start where"), "{err}");
     }
 
@@ -840,7 +859,7 @@ mod tests {
                 .expect("add");
         }
         b.finish().expect("finish");
-        let t = Table::open(&path).expect("open");
+        let t = Table::open(&path, true).expect("open");
         assert!(t.num_blocks() > 100, "only {} blocks", t.num_blocks());
         let (mut total_err, mut far) = (0.0, 0);
         for uk in &user_keys {
