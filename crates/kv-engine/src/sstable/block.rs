@@ -47,28 +47,41 @@ impl BlockBuilder {
         }
     }
 
-    /// Whether `key` would start a restart interval: the block is empty, or
-    /// the interval is full and `key` begins a new user key.
-    fn starts_restart(&self, key: &[u8]) -> bool {
-        self.restarts.is_empty()
+    /// Whether `key` starts a restart interval (the block is empty, or the
+    /// interval is full and `key` begins a new user key), and the bytes it
+    /// shares with the previous key (0 at a restart point).
+    fn plan(&self, key: &[u8]) -> (bool, usize) {
+        let restart = self.restarts.is_empty()
             || (self.since_restart >= self.interval
-                && key::user_key(key) != key::user_key(&self.last_key))
-    }
-
-    /// Bytes of `key` shared with the previous key (0 at a restart point).
-    fn shared_len(&self, key: &[u8], restart: bool) -> usize {
+                && key::user_key(key) != key::user_key(&self.last_key));
         if restart {
-            return 0;
+            return (true, 0);
         }
-        key.iter()
+        let shared = key
+            .iter()
             .zip(&self.last_key)
             .take_while(|(a, b)| a == b)
-            .count()
+            .count();
+        (false, shared)
     }
 
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
-        let restart = self.starts_restart(key);
-        let shared = self.shared_len(key, restart);
+        let plan = self.plan(key);
+        self.add_planned(key, value, plan);
+    }
+
+    /// Adds the entry if the block stays within `cap` bytes (finished) or is
+    /// empty; returns whether it did.
+    pub(crate) fn add_within(&mut self, key: &[u8], value: &[u8], cap: usize) -> bool {
+        let plan = self.plan(key);
+        if !self.is_empty() && self.size_with(key, value, plan) > cap {
+            return false;
+        }
+        self.add_planned(key, value, plan);
+        true
+    }
+
+    fn add_planned(&mut self, key: &[u8], value: &[u8], (restart, shared): (bool, usize)) {
         if restart {
             self.restarts.push(self.buf.len() as u32);
             self.prefixes.push(key::prefix(key));
@@ -93,10 +106,8 @@ impl BlockBuilder {
     }
 
     /// What [`BlockBuilder::size_estimate`] would be after adding `key` and
-    /// `value` (the finished block's exact length).
-    pub(crate) fn size_with(&self, key: &[u8], value: &[u8]) -> usize {
-        let restart = self.starts_restart(key);
-        let shared = self.shared_len(key, restart);
+    /// `value` as `plan`ned (the finished block's exact length).
+    fn size_with(&self, key: &[u8], value: &[u8], (restart, shared): (bool, usize)) -> usize {
         let unshared = key.len() - shared;
         self.size_estimate()
             + if restart { 12 } else { 0 }
@@ -599,7 +610,7 @@ mod tests {
                 Kind::Put,
             );
             let v = vec![1u8; (i as usize * 37) % 300];
-            let want = b.size_with(&k, &v);
+            let want = b.size_with(&k, &v, b.plan(&k));
             b.add(&k, &v);
             assert_eq!(b.size_estimate(), want, "entry {i}");
         }

@@ -90,10 +90,10 @@ impl TableBuilder {
         }
         match self.aligned_cap {
             Some(cap) => {
-                if !self.data.is_empty() && self.data.size_with(ikey, value) > cap {
+                if !self.data.add_within(ikey, value, cap) {
                     self.flush_data_block()?;
+                    self.data.add(ikey, value);
                 }
-                self.data.add(ikey, value);
             }
             None => {
                 self.data.add(ikey, value);

@@ -97,9 +97,9 @@ struct Radix {
 impl Radix {
     /// About one bucket per block; `None` when the blocks are too few to
     /// need it or their prefixes do not spread (all equal).
-    fn build(prefixes: impl ExactSizeIterator<Item = u64> + Clone) -> Option<Radix> {
-        let n = prefixes.len();
-        let (first, last) = (prefixes.clone().next()?, prefixes.clone().last()?);
+    fn build(blocks: &[Slot]) -> Option<Radix> {
+        let n = blocks.len();
+        let (first, last) = (blocks.first()?.prefix, blocks.last()?.prefix);
         if n <= INTERPOLATION_MIN || first == last || u32::try_from(n).is_err() {
             return None;
         }
@@ -117,8 +117,8 @@ impl Radix {
             bits,
             starts: Vec::with_capacity((1 << bits) + 1),
         };
-        for (i, p) in prefixes.enumerate() {
-            let b = radix.bucket(p);
+        for (i, s) in blocks.iter().enumerate() {
+            let b = radix.bucket(s.prefix);
             while radix.starts.len() <= b {
                 radix.starts.push(i as u32);
             }
@@ -261,7 +261,7 @@ impl Table {
             it.next().map_err(|e| corrupt(index_off, e.0))?;
         }
         slots.push(slot(u64::MAX, expect_off as u64, 0));
-        let radix = Radix::build(slots[..slots.len() - 1].iter().map(|s| s.prefix));
+        let radix = Radix::build(&slots[..slots.len() - 1]);
         Ok(Arc::new(Table {
             path: path.to_path_buf(),
             data,
