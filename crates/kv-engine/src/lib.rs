@@ -26,7 +26,10 @@
 //!   carry their values, carved from 1 MiB arena chunks).
 //! - `sstable`: immutable sorted tables (data blocks with restart points whose
 //!   key prefixes are packed in the block trailer, index block, bloom filter,
-//!   checksummed footer), read through `mmap`.
+//!   checksummed footer), read through `mmap`. Data blocks start on 4 KiB
+//!   page boundaries, and tables are written in 2 MiB chunks so that the
+//!   kernel can cache and map them with 2 MiB pages
+//!   ([`Options::block_align`], [`Options::huge_page_tables`]).
 //! - `manifest` / `version`: the set of live tables as a log of edits with an
 //!   atomically replaced `CURRENT` pointer.
 //! - `compaction`: leveled background compaction.
