@@ -374,7 +374,11 @@ impl Table {
     /// 8-byte head) only cost the few bracketing probes: every probe still
     /// narrows the range, and the binary search is unchanged.
     fn find_block(&self, target: &[u8]) -> usize {
-        let prefix = key::prefix(target);
+        self.find_block_by(target, key::prefix(target))
+    }
+
+    /// [`Table::find_block`] for a `target` whose `key::prefix` is `prefix`.
+    fn find_block_by(&self, target: &[u8], prefix: u64) -> usize {
         let (mut lo, mut hi) = match &self.radix {
             Some(r) => r.range(prefix),
             None => (0, self.num_blocks()),
@@ -426,16 +430,12 @@ impl Table {
         lo
     }
 
-    /// Where in block `i` `target` is expected (0.0 = start, 1.0 = end),
-    /// from where its prefix falls between the last prefixes of blocks
-    /// `i - 1` and `i`.
-    fn position_in_block(&self, i: usize, target: &[u8]) -> f64 {
+    /// Where in block `i` a target with `key::prefix` `prefix` is expected
+    /// (0.0 = start, 1.0 = end), from where the prefix falls between the
+    /// last prefixes of blocks `i - 1` and `i`.
+    fn position_in_block(&self, i: usize, prefix: u64) -> f64 {
         match i.checked_sub(1) {
-            Some(p) => fraction(
-                key::prefix(target),
-                self.slots[p].prefix,
-                self.slots[i].prefix,
-            ),
+            Some(p) => fraction(prefix, self.slots[p].prefix, self.slots[i].prefix),
             None => 0.5,
         }
     }
@@ -443,12 +443,13 @@ impl Table {
     /// The newest entry for the user key of `lookup` (an internal lookup key)
     /// visible at its sequence, if this table has one.
     pub(crate) fn get(&self, lookup: &[u8]) -> Result<Option<(Kind, Bytes)>> {
-        let i = self.find_block(lookup);
+        let prefix = key::prefix(lookup);
+        let i = self.find_block_by(lookup, prefix);
         if i >= self.num_blocks() {
             return Ok(None);
         }
         let block = self.block_slice(i)?;
-        block::touch_for_seek(block, self.position_in_block(i, lookup));
+        block::touch_for_seek(block, self.position_in_block(i, prefix));
         // Point lookups on one thread reuse one key buffer instead of
         // allocating and freeing one per lookup.
         let buf = KEY_BUF.with(|b| b.take());
@@ -848,24 +849,16 @@ mod tests {
 
     #[test]
     fn position_in_block_lands_near_the_entry_on_spread_keys() {
-        let mut rng = StdRng::seed_from_u64(11);
-        let mut user_keys: Vec<[u8; 16]> = (0..20_000).map(|_| rng.r#gen()).collect();
-        user_keys.sort();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("000001.sst");
-        let mut b = TableBuilder::create(&path, 1, &Options::default()).expect("create");
-        for (i, uk) in user_keys.iter().enumerate() {
-            b.add(&key::make(uk, i as u64 + 1, Kind::Put), &[7u8; 100])
-                .expect("add");
-        }
-        b.finish().expect("finish");
+        let user_keys = write_spread(&path, &Options::default());
         let t = Table::open(&path, true).expect("open");
         assert!(t.num_blocks() > 100, "only {} blocks", t.num_blocks());
         let (mut total_err, mut far) = (0.0, 0);
         for uk in &user_keys {
             let lookup = key::lookup(uk, key::MAX_SEQ);
             let i = t.find_block(&lookup);
-            let guess = t.position_in_block(i, &lookup);
+            let guess = t.position_in_block(i, key::prefix(&lookup));
             assert!((0.0..=1.0).contains(&guess), "guess {guess} out of range");
             let block = t.block_slice(i).expect("block");
             let mut it = BlockIter::new(block).expect("iter");
