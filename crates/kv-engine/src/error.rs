@@ -72,6 +72,23 @@ impl Error {
         }
     }
 
+    /// This error with a corruption offset taken as relative to `base`
+    /// (the error came from parsing a part of a file that starts there).
+    pub(crate) fn shifted(self, base: u64) -> Self {
+        match self {
+            Error::Corruption {
+                file,
+                offset,
+                reason,
+            } => Error::Corruption {
+                file,
+                offset: offset.saturating_add(base),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn corruption(
         file: impl AsRef<Path>,
         offset: u64,

@@ -19,7 +19,7 @@
 //!
 //! # Layout
 //!
-//! - `wal`: write-ahead log segments of CRC-checked records, group commit;
+//! - `wal`: write-ahead log segments of checksummed commit groups (one per group commit) of CRC-checked records;
 //!   segments are reserved ahead with `fallocate` and written through a
 //!   mapping, and an unwritten (zero) tail ends a segment.
 //! - `memtable`: the in-memory sorted buffer (crossbeam-skiplist whose keys

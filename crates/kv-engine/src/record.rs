@@ -57,14 +57,25 @@ pub(crate) fn parse_all<'a>(
 /// ahead (zero-filled past the records), where a crash can leave the last,
 /// never acknowledged write half on disk anywhere inside the reservation:
 /// any damage counts as a torn tail as long as no intact record follows it.
-/// Damage followed by an intact record is corruption, since a later write
-/// that reached the disk means the damaged one was acknowledged.
+/// Damage followed by an intact record is corruption. That holds only where
+/// every record is its own write; WAL segments of commit groups (several
+/// records in one write, whose bytes land in no particular order) are
+/// parsed group by group instead (see the `wal` module).
 ///
 /// # Errors
 ///
 /// [`Error::Corruption`] naming `path` and the offset of the bad record.
 pub(crate) fn parse_last_reserved<'a>(path: &Path, data: &'a [u8]) -> Result<Records<'a>> {
     parse_records(path, data, true, true)
+}
+
+/// The payload of an intact record at the start of `data`, and the offset
+/// after it.
+pub(crate) fn parse_first(data: &[u8]) -> Option<(&[u8], usize)> {
+    match parse_at(data, 0) {
+        Parsed::Ok(payload, next) => Some((payload, next)),
+        Parsed::Torn(_) | Parsed::Corrupt(_) => None,
+    }
 }
 
 fn parse_records<'a>(

@@ -12,6 +12,9 @@
 //!   end of the first segment (zeroed pages look like a clean end) fail the
 //!   open, because the second segment's sequence numbers show the hole;
 //! - never a panic, never a wrong value.
+//!
+//! Each single-threaded write is one commit group of the segment; "record"
+//! below means such a group.
 
 mod common;
 
@@ -158,9 +161,9 @@ fn crash_image() -> Image {
         .pop()
         .expect("the crash image has a WAL segment");
     let mut wal = fs::read(&wal_path).expect("read WAL");
-    let frames = common::parse_frames(&wal).unwrap_or_else(|| {
+    let frames = common::parse_wal_groups(&wal).unwrap_or_else(|| {
         panic!(
-            "{} ({} bytes) is not a sequence of [len][crc..][payload] records as documented",
+            "{} ({} bytes) is not a header and a sequence of commit groups as documented",
             wal_path.display(),
             wal.len()
         )
@@ -168,7 +171,7 @@ fn crash_image() -> Image {
     assert_eq!(
         frames.len(),
         OPS,
-        "one single-threaded write, one WAL record: expected {OPS} records"
+        "one single-threaded write, one commit group: expected {OPS} groups"
     );
     // The live segment still has its zero-filled reservation after the
     // records; the image is the records alone.
@@ -338,10 +341,13 @@ fn split_trial(image: &Image, name: &str, at: usize, lost: usize) -> (PathBuf, S
     let keep = image.frames[at - lost].start;
     first[keep..].fill(0);
     let dir = trial(image, name, &first);
+    // Each segment starts with a header record.
+    let mut rest = image.wal[..image.frames[0].start].to_vec();
+    rest.extend_from_slice(&image.wal[cut..]);
     let stem = image.wal_name.trim_end_matches(".log");
     let number: u64 = stem.parse().expect("WAL segments are named NNNNNN.log");
     let second = format!("{:0width$}.log", number + 1, width = stem.len());
-    fs::write(dir.join(&second), &image.wal[cut..]).expect("write second segment");
+    fs::write(dir.join(&second), &rest).expect("write second segment");
     (dir, second)
 }
 

@@ -84,7 +84,17 @@ pub(super) fn recover(dir: PathBuf, opts: Options) -> Result<Inner> {
             Some(r.manifest_path),
         )
     } else {
-        if names.iter().any(|(k, _)| !matches!(k, FileKind::Temp)) {
+        // CURRENT is only ever replaced atomically, so without it no
+        // manifest was ever in charge. A first open killed before it wrote
+        // CURRENT leaves an empty WAL segment and perhaps a manifest: no
+        // write was ever accepted, and the directory starts afresh (those
+        // files are removed below as obsolete). Anything more is damage.
+        let unfinished_creation = names.iter().all(|(kind, path)| match kind {
+            FileKind::Temp | FileKind::Manifest(_) => true,
+            FileKind::Wal(_) => wal::holds_no_records(path).unwrap_or(false),
+            FileKind::Table(_) => false,
+        });
+        if !unfinished_creation {
             return Err(Error::corruption(
                 &current,
                 0,

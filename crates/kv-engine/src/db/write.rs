@@ -153,7 +153,7 @@ impl Inner {
             buf,
             payload,
         } = &mut *ws;
-        buf.clear();
+        wal::begin_group(buf);
         let mut seq = *last_seq;
         let mut count = 0u64;
         for w in group.iter().filter(|w| !w.batch.is_empty()) {
@@ -169,7 +169,7 @@ impl Inner {
         if seq > MAX_SEQ {
             return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
         }
-        if let Err(e) = wal.append(buf) {
+        if let Err(e) = wal.append_group(buf) {
             self.poison(&e);
             return Err(e);
         }

@@ -161,6 +161,45 @@ fn parse_frames_with(data: &[u8], header_crc: bool) -> Option<Vec<Frame>> {
     Some(frames)
 }
 
+/// The commit groups of a WAL segment: the documented layout (see the
+/// engine's `wal` module) of a header record `"FKVWAL02" | seed`, then
+/// groups `[body_len u64][crc32(seed, body)][crc32(seed ^ 0x9e3779b9,
+/// header)][body of records]`. Each frame is one group, its payload the
+/// body. `None` when `data` is not such a segment.
+pub fn parse_wal_groups(data: &[u8]) -> Option<Vec<Frame>> {
+    let len = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let header = parse_frames_with(data.get(..12 + len)?, true)?;
+    let header = header.first()?;
+    let payload = data.get(header.payload_start..header.end)?;
+    let seed = u32::from_le_bytes(payload.strip_prefix(b"FKVWAL02")?.try_into().ok()?);
+    let crc = |seed: u32, bytes: &[u8]| {
+        let mut h = crc32fast::Hasher::new_with_initial(seed);
+        h.update(bytes);
+        h.finalize()
+    };
+    let mut frames = Vec::new();
+    let mut pos = header.end;
+    while pos < data.len() && data[pos..].iter().any(|&b| b != 0) {
+        let h = data.get(pos..pos + 16)?;
+        let word = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
+        if crc(seed ^ 0x9e37_79b9, &h[0..12]) != word(12) {
+            return None;
+        }
+        let len = usize::try_from(u64::from_le_bytes(h[0..8].try_into().ok()?)).ok()?;
+        let body = data.get(pos + 16..pos + 16 + len)?;
+        if crc(seed, body) != word(8) || parse_frames_with(body, true)?.is_empty() {
+            return None;
+        }
+        frames.push(Frame {
+            start: pos,
+            payload_start: pos + 16,
+            end: pos + 16 + len,
+        });
+        pos += 16 + len;
+    }
+    Some(frames)
+}
+
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 static HOOK: Once = Once::new();
 
