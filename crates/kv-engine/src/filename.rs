@@ -43,5 +43,8 @@ pub(crate) fn parse(name: &str) -> Option<FileKind> {
 
 /// fsyncs a directory so that creations, renames and unlinks in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    if let Err(crate::Error::Io { source, .. }) = crate::fault::check("dir-sync", dir) {
+        return Err(source);
+    }
     std::fs::File::open(dir)?.sync_all()
 }

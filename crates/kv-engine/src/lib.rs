@@ -51,6 +51,7 @@ mod coding;
 mod compaction;
 mod db;
 mod error;
+mod fault;
 mod filename;
 mod iterator;
 mod key;

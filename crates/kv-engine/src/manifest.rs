@@ -130,7 +130,9 @@ impl Manifest {
             .ctx(&path)?;
         let mut buf = Vec::new();
         record::encode(&mut buf, &base.encode());
+        crate::fault::check("manifest-write", &path)?;
         file.write_all(&buf).ctx(&path)?;
+        crate::fault::check("manifest-sync", &path)?;
         file.sync_all().ctx(&path)?;
         filename::sync_dir(dir).ctx(dir)?;
         let tmp = dir.join("CURRENT.tmp");
@@ -139,6 +141,7 @@ impl Manifest {
             f.write_all(format!("{name}\n").as_bytes()).ctx(&tmp)?;
             f.sync_all().ctx(&tmp)?;
         }
+        crate::fault::check("current-rename", &tmp)?;
         std::fs::rename(&tmp, dir.join(filename::CURRENT)).ctx(&tmp)?;
         filename::sync_dir(dir).ctx(dir)?;
         Ok(Manifest {
@@ -156,7 +159,9 @@ impl Manifest {
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
         let mut buf = Vec::new();
         record::encode(&mut buf, &edit.encode());
+        crate::fault::check("manifest-write", &self.path)?;
         self.file.write_all(&buf).ctx(&self.path)?;
+        crate::fault::check("manifest-sync", &self.path)?;
         self.file.sync_data().ctx(&self.path)?;
         self.size += buf.len() as u64;
         Ok(())

@@ -166,6 +166,7 @@ impl Wal {
 
     /// Hands bytes to the OS at the end of the segment.
     fn append(&mut self, framed: &[u8]) -> Result<()> {
+        crate::fault::check("wal-write", &self.path)?;
         let end = self.len + framed.len() as u64;
         if self.map.is_some() && end > self.capacity() {
             let cap = self.capacity();
@@ -192,7 +193,7 @@ impl Wal {
     ///
     /// The fsync failed; the caller must treat the database as poisoned.
     pub fn sync(&mut self) -> Result<()> {
-        fail_point("wal-sync", &self.path)?;
+        crate::fault::check("wal-sync", &self.path)?;
         self.file.sync_data().ctx(&self.path)
     }
 }
@@ -231,6 +232,7 @@ fn random_seed(number: u64) -> u32 {
 /// Creates the file of segment `number` and makes its directory entry durable.
 fn create_file(dir: &Path, number: u64) -> Result<(File, PathBuf)> {
     let path = filename::wal(dir, number);
+    crate::fault::check("wal-create", &path)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -249,29 +251,6 @@ impl Drop for Wal {
             let _ = self.file.set_len(self.len);
         }
     }
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Fault injection for unit tests: the named point fails on this thread.
-    pub(crate) static FAIL_POINT: std::cell::RefCell<Option<String>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-#[cfg(test)]
-fn fail_point(name: &str, path: &Path) -> Result<()> {
-    if FAIL_POINT.with(|p| p.borrow().as_deref() == Some(name)) {
-        return Err(Error::io(
-            path,
-            std::io::Error::other(format!("injected failure at {name}")),
-        ));
-    }
-    Ok(())
-}
-
-#[cfg(not(test))]
-fn fail_point(_name: &str, _path: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// Replays segment `path`, calling `apply(first_seq, ops)` for each batch in

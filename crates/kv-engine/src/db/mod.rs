@@ -592,8 +592,8 @@ mod tests {
     }
 
     fn temp_env_fail(point: &str, f: impl FnOnce()) {
-        crate::wal::FAIL_POINT.with(|p| *p.borrow_mut() = Some(point.to_string()));
+        crate::fault::FAIL_POINT.with(|p| *p.borrow_mut() = Some(point.to_string()));
         f();
-        crate::wal::FAIL_POINT.with(|p| *p.borrow_mut() = None);
+        crate::fault::FAIL_POINT.with(|p| *p.borrow_mut() = None);
     }
 }

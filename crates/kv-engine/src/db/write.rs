@@ -232,7 +232,9 @@ impl Inner {
                 continue;
             }
             let number = self.next_file.fetch_add(1, Ordering::SeqCst);
-            let new_wal = Wal::create(&self.dir, number)?;
+            // A failed create may be a failed fsync (of the directory or
+            // the segment header): like every fsync failure, never retried.
+            let new_wal = Wal::create(&self.dir, number).inspect_err(|e| self.poison(e))?;
             let mut ws = self.wal.lock();
             let mut old = std::mem::replace(&mut ws.wal, new_wal);
             if self.opts.sync == SyncMode::Never {

@@ -184,7 +184,9 @@ impl TableBuilder {
         footer.extend_from_slice(&MAGIC.to_le_bytes());
         self.out.write_all(&footer).ctx(&self.path)?;
         self.offset += footer.len() as u64;
+        crate::fault::check("table-write", &self.path)?;
         let file = self.out.finish().ctx(&self.path)?;
+        crate::fault::check("table-sync", &self.path)?;
         file.sync_all().ctx(&self.path)?;
         Ok(TableMeta {
             number: self.number,
