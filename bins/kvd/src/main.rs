@@ -42,6 +42,11 @@ struct Args {
     /// entries.
     #[arg(long, hide = true)]
     snapshot_threshold: Option<u64>,
+    /// Derive a new cluster's id from this token and the member ids instead
+    /// of the members' addresses, for nodes that reach each other through
+    /// different addresses (proxies). Ignored on restart.
+    #[arg(long, hide = true)]
+    cluster_token: Option<String>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -59,6 +64,7 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
     }
+    config.cluster_token.clone_from(&args.cluster_token);
     config.validate()?;
     Ok(config)
 }

@@ -26,10 +26,24 @@
 //!   peer unreachable) while the link is down; [`send_snapshot`] streams a
 //!   snapshot in chunks.
 //!
+//! # Peer handshake (SPEC sections 6 and 10)
+//!
+//! A client connection needs no handshake. A peer connection opens with a
+//! `Hello` carrying a [`PeerIdentity`]; the [`Service`] decides whether it
+//! names this cluster and a member ([`Service::peer_hello`]). Raft messages
+//! and snapshot chunks are handed to the service only on a connection whose
+//! handshake it accepted, and only when their `from` is that member. Any
+//! frame a connection is not entitled to send (peer traffic without or
+//! before the handshake, a second `Hello`, a client request on a peer
+//! connection, a frame naming another sender) closes the connection and
+//! reaches nothing.
+//!
 //! # Limits
 //!
-//! No TLS or authentication. Raft messages are opaque bytes here: this crate
-//! does not depend on raft-rs.
+//! No TLS, and the handshake carries no proof yet (`Hello.proof` is left
+//! empty): any process that knows the cluster id and a member id passes it.
+//! Raft messages are opaque bytes here: this crate does not depend on
+//! raft-rs.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -57,8 +71,9 @@ pub use connection::{Connection, FrameReader, FrameWriter};
 pub use error::{Error, Result};
 pub use frame::FrameCodec;
 pub use options::{DEFAULT_MAX_FRAME_LENGTH, Options};
-pub use peer::{PeerSender, send_snapshot};
+pub use peer::{PeerIdentity, PeerSender, send_snapshot};
 pub use server::{Listener, Service};
 
 /// Version sent in [`proto::Hello`]; bumped on incompatible wire changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: peers must open with a `Hello` naming the cluster id.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -1,7 +1,8 @@
 //! Links to other nodes: raft messages and snapshots.
 //!
 //! A [`PeerSender`] owns a background task holding at most one connection to
-//! the peer. It connects on the first message, sends a [`Hello`], then writes
+//! the peer. It connects on the first message, sends a [`Hello`] (the peer
+//! handshake: this node's [`PeerIdentity`]), then writes
 //! queued raft messages batched into `PeerMessage` frames (everything queued
 //! at once goes in one frame, up to `Options::peer_max_batch` messages and
 //! the frame size limit), flushing when the queue is empty. Raft tolerates
@@ -25,6 +26,32 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::proto::{Frame, Hello, PeerMessage, SnapshotChunk, frame};
+
+/// Who this node is to its peers: the `Hello` that opens every peer
+/// connection (raft links and snapshot transfers alike) carries it, and the
+/// receiver accepts raft traffic on a connection only once the cluster id
+/// matches its own and the node id is one of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    /// The cluster, fixed when it was bootstrapped.
+    pub cluster_id: u64,
+    /// This node's raft id (non-zero).
+    pub node_id: u64,
+}
+
+impl PeerIdentity {
+    /// The handshake frame.
+    #[must_use]
+    pub fn hello_frame(&self) -> Frame {
+        let mut hello = Hello::new();
+        hello.protocol_version = crate::PROTOCOL_VERSION;
+        hello.node_id = self.node_id;
+        hello.cluster_id = self.cluster_id;
+        let mut frame = Frame::new();
+        frame.set_hello(hello);
+        frame
+    }
+}
 
 /// Called with the peer's id when messages to it were dropped.
 pub type UnreachableFn = Arc<dyn Fn(u64) + Send + Sync>;
@@ -66,7 +93,8 @@ impl Drop for PeerSender {
 }
 
 impl PeerSender {
-    /// Starts a link from node `from` to node `to` at `addr` (`host:port`).
+    /// Starts a link from node `from` (whose identity opens each connection)
+    /// to node `to` at `addr` (`host:port`).
     /// Nothing is dialed before the first message. `on_unreachable` must not
     /// block; it is called from [`PeerSender::send`] and from the link task.
     /// Must be called within a tokio runtime.
@@ -75,7 +103,7 @@ impl PeerSender {
     ///
     /// [`Error::InvalidOptions`].
     pub fn spawn(
-        from: u64,
+        from: PeerIdentity,
         to: u64,
         addr: impl Into<String>,
         options: &Options,
@@ -133,7 +161,7 @@ impl PeerSender {
 
 /// The link task.
 struct Link {
-    from: u64,
+    from: PeerIdentity,
     to: u64,
     addr: String,
     options: Options,
@@ -210,12 +238,7 @@ impl Link {
 
     async fn run_connected(&mut self, conn: Connection, first: Bytes) -> Ended {
         let (mut reader, mut writer) = conn.into_split();
-        let mut hello = Hello::new();
-        hello.protocol_version = crate::PROTOCOL_VERSION;
-        hello.node_id = self.from;
-        let mut frame = Frame::new();
-        frame.set_hello(hello);
-        if let Err(e) = writer.feed_frame(frame).await {
+        if let Err(e) = writer.feed_frame(self.from.hello_frame()).await {
             return Ended::Failed(e);
         }
         let budget = self.options.max_frame_length - FRAME_OVERHEAD;
@@ -265,7 +288,7 @@ impl Link {
                 batch.push(message);
             }
             let mut message = PeerMessage::new();
-            message.from = self.from;
+            message.from = self.from.node_id;
             message.to = self.to;
             message.raft_messages = batch;
             let mut frame = Frame::new();
@@ -283,8 +306,8 @@ impl Link {
     }
 }
 
-/// Streams a snapshot to the node at `addr` over a connection of its own:
-/// `data` is cut into `options.snapshot_chunk_size` chunks; the last chunk
+/// Streams a snapshot to the node at `addr` over a connection of its own,
+/// opened with `from`'s handshake: `data` is cut into `options.snapshot_chunk_size` chunks; the last chunk
 /// carries `raft_message` (the serialized raft `MsgSnapshot`). Returns the
 /// number of data bytes sent once the receiver has acknowledged the whole
 /// snapshot (its [`Service::snapshot_chunk`](crate::Service::snapshot_chunk)
@@ -298,7 +321,7 @@ impl Link {
 pub async fn send_snapshot(
     addr: &str,
     options: &Options,
-    from: u64,
+    from: PeerIdentity,
     to: u64,
     snapshot_id: u64,
     raft_message: Bytes,
@@ -306,12 +329,7 @@ pub async fn send_snapshot(
 ) -> Result<u64> {
     options.validate()?;
     let (mut reader, mut writer) = Connection::connect(addr, options).await?.into_split();
-    let mut hello = Hello::new();
-    hello.protocol_version = crate::PROTOCOL_VERSION;
-    hello.node_id = from;
-    let mut frame = Frame::new();
-    frame.set_hello(hello);
-    writer.feed_frame(frame).await?;
+    writer.feed_frame(from.hello_frame()).await?;
 
     let chunk_size = options.snapshot_chunk_size;
     let mut offset = 0u64;
@@ -325,7 +343,7 @@ pub async fn send_snapshot(
         };
         let last = next.is_empty();
         let mut chunk = SnapshotChunk::new();
-        chunk.from = from;
+        chunk.from = from.node_id;
         chunk.to = to;
         chunk.snapshot_id = snapshot_id;
         chunk.offset = offset;

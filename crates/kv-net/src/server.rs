@@ -5,9 +5,10 @@
 //! handler per connection. A handler reads frames: each client [`Request`] is
 //! handled in its own task so many are in flight at once, and a writer task
 //! sends responses as they complete, in completion order; the client matches
-//! them by id. Peer frames are handed to the [`Service`] in arrival order on
-//! the reading task, so a slow consumer slows that peer's connection down
-//! rather than queueing without bound.
+//! them by id. Peer frames (accepted only after the peer handshake, see the
+//! crate doc) are handed to the [`Service`] in arrival order on the reading
+//! task, so a slow consumer slows that peer's connection down rather than
+//! queueing without bound.
 //!
 //! Shutdown: when the shutdown future completes the listener stops accepting
 //! (its socket is closed, so new connections are refused), every handler
@@ -29,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::proto::{self, ErrorCode, Frame, PeerMessage, Request, Response, SnapshotChunk, frame};
+use crate::proto::{
+    self, ErrorCode, Frame, Hello, PeerMessage, Request, Response, SnapshotChunk, frame,
+};
 
 /// What a node does with the frames it receives.
 ///
@@ -43,15 +46,45 @@ pub trait Service: Send + Sync + 'static {
     /// grace period), so it must be cancel-safe.
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
 
-    /// Takes a batch of raft messages from a peer. Called in arrival order
-    /// for each connection; the connection is not read while this runs.
-    fn peer_message(&self, message: PeerMessage) -> impl Future<Output = ()> + Send {
-        drop(message);
-        async {}
+    /// Decides the peer handshake: `hello` is the first frame of a
+    /// connection that names a node (`node_id` non-zero, the protocol
+    /// version already checked). Once accepted, the connection speaks for
+    /// `hello.node_id`: every raft message and snapshot chunk on it must
+    /// name that sender.
+    ///
+    /// # Errors
+    ///
+    /// Why the handshake is refused (another cluster, not a member, this node
+    /// itself, ...); the connection is closed.
+    fn peer_hello(
+        &self,
+        hello: Hello,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        drop(hello);
+        async { Err("this node does not accept peer connections".to_owned()) }
     }
 
-    /// Takes one chunk of a snapshot; chunks of one snapshot arrive in order
-    /// on one connection.
+    /// Takes a batch of raft messages from `peer`, the member whose
+    /// handshake opened the connection (`message.from` is `peer`). Called in
+    /// arrival order for each connection; the connection is not read while
+    /// this runs.
+    ///
+    /// # Errors
+    ///
+    /// A message the connection was not entitled to send; the connection is
+    /// closed, and nothing of the batch should have taken effect.
+    fn peer_message(
+        &self,
+        peer: u64,
+        message: PeerMessage,
+    ) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        drop((peer, message));
+        async { Err("this node does not accept raft messages".to_owned()) }
+    }
+
+    /// Takes one chunk of a snapshot from `peer` (the handshake's member,
+    /// `chunk.from`); chunks of one snapshot arrive in order on one
+    /// connection.
     ///
     /// # Errors
     ///
@@ -59,9 +92,10 @@ pub trait Service: Send + Sync + 'static {
     /// failed transfer.
     fn snapshot_chunk(
         &self,
+        peer: u64,
         chunk: SnapshotChunk,
     ) -> impl Future<Output = std::result::Result<(), String>> + Send {
-        drop(chunk);
+        drop((peer, chunk));
         async { Err("this node does not accept snapshots".to_owned()) }
     }
 }
@@ -170,8 +204,14 @@ impl Listener {
                         _permit: permit,
                     };
                     connections.spawn(async move {
-                        if let Err(e) = handler.run(stream).await {
-                            tracing::debug!(%addr, error = %e, "connection closed with an error");
+                        match handler.run(stream).await {
+                            Ok(()) => {}
+                            Err(e @ Error::Protocol(_)) => {
+                                tracing::warn!(%addr, error = %e, "connection closed");
+                            }
+                            Err(e) => {
+                                tracing::debug!(%addr, error = %e, "connection closed with an error");
+                            }
                         }
                     });
                 }
@@ -214,6 +254,33 @@ struct Handler<S> {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// What a connection has shown itself to be, which decides the frames it
+/// may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaker {
+    /// Nothing read yet: a client request or a `Hello` may come.
+    Unknown,
+    /// A client: requests only.
+    Client,
+    /// The member whose handshake was accepted: peer traffic from it only.
+    Peer(u64),
+}
+
+impl Speaker {
+    /// The member a peer frame naming `from` may come from.
+    fn peer(self, from: u64, what: &str) -> Result<u64> {
+        match self {
+            Speaker::Peer(peer) if peer == from => Ok(peer),
+            Speaker::Peer(peer) => Err(Error::Protocol(format!(
+                "{what} from node {from} on the connection of node {peer}"
+            ))),
+            _ => Err(Error::Protocol(format!(
+                "{what} on a connection without a peer handshake"
+            ))),
+        }
+    }
+}
+
 /// A frame to write; the permit, if any, is returned once it is written.
 type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
 
@@ -228,6 +295,7 @@ impl<S: Service> Handler<S> {
         // waiting for a slow reader.
         let in_flight = Arc::new(Semaphore::new(self.options.max_in_flight_per_connection));
         let mut requests = JoinSet::new();
+        let mut speaker = Speaker::Unknown;
 
         loop {
             let permit = tokio::select! {
@@ -249,6 +317,12 @@ impl<S: Service> Handler<S> {
             let Some(frame) = frame else { break };
             match frame.body {
                 Some(frame::Body::Request(request)) => {
+                    if let Speaker::Peer(peer) = speaker {
+                        return Err(Error::Protocol(format!(
+                            "client request on the peer connection of node {peer}"
+                        )));
+                    }
+                    speaker = Speaker::Client;
                     let service = self.service.clone();
                     let tx = tx.clone();
                     requests.spawn(async move {
@@ -260,11 +334,18 @@ impl<S: Service> Handler<S> {
                         let _ = tx.send((frame, Some(permit)));
                     });
                 }
-                Some(frame::Body::Peer(message)) => self.service.peer_message(message).await,
+                Some(frame::Body::Peer(message)) => {
+                    let peer = speaker.peer(message.from, "raft messages")?;
+                    self.service
+                        .peer_message(peer, message)
+                        .await
+                        .map_err(|e| Error::Protocol(format!("raft messages refused: {e}")))?;
+                }
                 Some(frame::Body::SnapshotChunk(chunk)) => {
+                    let peer = speaker.peer(chunk.from, "snapshot chunk")?;
                     let ack = chunk.last.then(|| snapshot_ack(&chunk));
                     self.service
-                        .snapshot_chunk(chunk)
+                        .snapshot_chunk(peer, chunk)
                         .await
                         .map_err(|e| Error::Protocol(format!("snapshot chunk refused: {e}")))?;
                     if let Some(ack) = ack {
@@ -272,11 +353,7 @@ impl<S: Service> Handler<S> {
                     }
                 }
                 Some(frame::Body::Hello(hello)) => {
-                    tracing::debug!(
-                        node_id = hello.node_id,
-                        version = hello.protocol_version,
-                        "hello"
-                    );
+                    speaker = self.handshake(speaker, hello).await?;
                 }
                 Some(frame::Body::Response(_)) => {
                     return Err(Error::Protocol("a server does not take responses".into()));
@@ -304,6 +381,34 @@ impl<S: Service> Handler<S> {
             }
         }
         // Dropping `requests` and `writer` aborts whatever is left.
+    }
+}
+
+impl<S: Service> Handler<S> {
+    /// A `Hello` is only valid as the first frame. One naming no node is a
+    /// client introducing itself; one naming a node must pass the service's
+    /// check before any peer traffic is taken.
+    async fn handshake(&self, speaker: Speaker, hello: Hello) -> Result<Speaker> {
+        if speaker != Speaker::Unknown {
+            return Err(Error::Protocol("hello after the first frame".into()));
+        }
+        if hello.node_id == 0 {
+            return Ok(Speaker::Client);
+        }
+        if hello.protocol_version != crate::PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "peer handshake of node {} refused: protocol version {}, this node speaks {}",
+                hello.node_id,
+                hello.protocol_version,
+                crate::PROTOCOL_VERSION
+            )));
+        }
+        let peer = hello.node_id;
+        self.service
+            .peer_hello(hello)
+            .await
+            .map_err(|e| Error::Protocol(format!("peer handshake of node {peer} refused: {e}")))?;
+        Ok(Speaker::Peer(peer))
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{MemKv, Server, bounded};
+use common::{MemKv, Server, bounded, identity};
 use kv_net::proto::{PeerMessage, SnapshotChunk};
 use kv_net::{Options, PeerSender, send_snapshot};
 use tokio::sync::mpsc;
@@ -62,7 +62,8 @@ async fn messages_are_delivered_in_order_and_batched() {
         let (service, mut rx) = peer_service();
         let server = Server::start(service, options()).await;
         let (report, mut unreachable) = unreachable_channel();
-        let link = PeerSender::spawn(1, 2, server.addr.to_string(), &options(), report).unwrap();
+        let link =
+            PeerSender::spawn(identity(1), 2, server.addr.to_string(), &options(), report).unwrap();
         assert!(!link.is_connected(), "connects lazily");
 
         // A burst queued while the link connects goes out in few frames.
@@ -99,7 +100,7 @@ async fn down_peer_drops_and_reports_then_reconnects() {
             l.local_addr().unwrap()
         };
         let (report, mut unreachable) = unreachable_channel();
-        let link = PeerSender::spawn(1, 2, addr.to_string(), &options(), report).unwrap();
+        let link = PeerSender::spawn(identity(1), 2, addr.to_string(), &options(), report).unwrap();
 
         // Connect fails: the message is dropped and the peer reported.
         link.send(Bytes::from_static(b"m0"));
@@ -188,7 +189,7 @@ async fn full_queue_drops_instead_of_growing() {
         };
         let (report, mut unreachable) = unreachable_channel();
         let link = PeerSender::spawn(
-            1,
+            identity(1),
             2,
             blackhole.local_addr().unwrap().to_string(),
             &options,
@@ -227,7 +228,7 @@ async fn snapshot_is_streamed_in_chunks_and_acknowledged() {
             let sent = send_snapshot(
                 &addr,
                 &options,
-                1,
+                identity(1),
                 2,
                 9,
                 Bytes::from_static(b"raft-msg"),
@@ -263,7 +264,7 @@ async fn snapshot_is_streamed_in_chunks_and_acknowledged() {
         let result = send_snapshot(
             &server.addr.to_string(),
             &options,
-            1,
+            identity(1),
             2,
             10,
             Bytes::new(),

@@ -376,7 +376,13 @@ impl Node {
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || driver.run())
+            .spawn(move || {
+                // raft-rs panics on states it deems impossible (e.g. a commit
+                // index beyond the log). The panic ends the node like any
+                // other fatal error, with its message kept for the owner.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run()))
+                    .unwrap_or_else(|payload| Err(Error::Panicked(panic_message(&*payload))))
+            })
             .map_err(|e| Error::io("<thread spawn>", e))?;
         Ok(Node {
             handle: Handle { id, tx },
@@ -390,7 +396,8 @@ impl Node {
         self.handle.clone()
     }
 
-    /// True while the driver thread runs.
+    /// True while the driver thread runs. Once false, [`Node::shutdown`]
+    /// returns why it stopped.
     #[must_use]
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
@@ -412,6 +419,17 @@ impl Node {
             Some(t) => t.join().unwrap_or(Err(Error::Stopped)),
             None => Ok(()),
         }
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`, as `panic!` makes).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-text panic payload".to_owned()
     }
 }
 

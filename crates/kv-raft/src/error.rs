@@ -90,6 +90,11 @@ pub enum Error {
     /// The state machine failed; the node stops.
     #[error("state machine: {0}")]
     StateMachine(#[source] BoxError),
+    /// The driver thread panicked (raft-rs met a state it cannot handle, for
+    /// example a message claiming a commit index beyond the log); the node
+    /// stops.
+    #[error("raft driver panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {

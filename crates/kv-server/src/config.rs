@@ -31,6 +31,14 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Most pairs in one page of a range answer.
     pub max_range_page: u32,
+    /// Mixed into the cluster id of a new cluster instead of the members'
+    /// addresses (see [`derive_cluster_id`]), for clusters whose nodes name
+    /// each other by different addresses (proxies). Ignored on restart.
+    pub cluster_token: Option<String>,
+    /// Most snapshot bytes being received at once, from all peers together.
+    pub max_snapshot_bytes: usize,
+    /// A snapshot transfer that received no chunk for this long is dropped.
+    pub snapshot_idle_timeout: Duration,
 }
 
 impl Config {
@@ -48,6 +56,9 @@ impl Config {
             net: kv_net::Options::default(),
             request_timeout: Duration::from_secs(5),
             max_range_page: 1000,
+            cluster_token: None,
+            max_snapshot_bytes: 1 << 30,
+            snapshot_idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -87,6 +98,11 @@ impl Config {
         }
         if self.max_range_page == 0 {
             return Err(Error::Config("max_range_page must be positive".into()));
+        }
+        if self.max_snapshot_bytes == 0 || self.snapshot_idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "max_snapshot_bytes and snapshot_idle_timeout must be positive".into(),
+            ));
         }
         self.raft.validate()?;
         self.net.validate()?;
@@ -172,6 +188,73 @@ pub fn load_or_init_members(
     }
 }
 
+const CLUSTER_ID_FILE: &str = "cluster-id";
+const CLUSTER_ID_HEADER: &str = "flashkv-cluster-id v1";
+
+/// The id of a cluster bootstrapped with `members`: a hash of the sorted
+/// `id=addr` list (nodes started with the same `--peers` agree on it), or,
+/// with a `token`, of the token and the member ids alone. Never 0.
+#[must_use]
+pub fn derive_cluster_id(members: &BTreeMap<u64, String>, token: Option<&str>) -> u64 {
+    let mut text = String::from("flashkv cluster\n");
+    match token {
+        Some(token) => {
+            let _ = writeln!(text, "token {token}");
+            for id in members.keys() {
+                let _ = writeln!(text, "{id}");
+            }
+        }
+        None => {
+            for (id, addr) in members {
+                let _ = writeln!(text, "{id}={addr}");
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes()).max(1)
+}
+
+/// Loads the cluster id persisted in `data_dir`, or derives it from the
+/// cluster's initial `members` (as persisted) and persists it. A data
+/// directory from before cluster ids gets the id its `--peers` would have
+/// given it.
+///
+/// # Errors
+///
+/// [`Error::Corruption`] for a damaged file, I/O errors.
+pub fn load_or_init_cluster_id(
+    data_dir: &Path,
+    members: &BTreeMap<u64, String>,
+    token: Option<&str>,
+) -> Result<u64> {
+    let path = data_dir.join(CLUSTER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            if lines.next() != Some(CLUSTER_ID_HEADER) {
+                return Err(Error::corruption(&path, "missing header"));
+            }
+            let id = lines
+                .next()
+                .and_then(|l| u64::from_str_radix(l.trim(), 16).ok())
+                .filter(|&id| id != 0)
+                .ok_or_else(|| Error::corruption(&path, "no cluster id"))?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = derive_cluster_id(members, token);
+            let tmp = data_dir.join("cluster-id.tmp");
+            std::fs::write(&tmp, format!("{CLUSTER_ID_HEADER}\n{id:016x}\n")).ctx(&tmp)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .ctx(&tmp)?;
+            std::fs::rename(&tmp, &path).ctx(&path)?;
+            crate::archive::sync_dir(data_dir)?;
+            Ok(id)
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +285,46 @@ mod tests {
         );
         std::fs::write(tmp.path().join(MEMBERS_FILE), "junk").unwrap();
         assert!(load_or_init_members(tmp.path(), &other).is_err());
+    }
+
+    #[test]
+    fn cluster_id_is_derived_from_the_membership_and_persisted() {
+        let a = parse_peers("1=a:1,2=b:2,3=c:3").unwrap();
+        let same = parse_peers("3=c:3, 2=b:2, 1=a:1").unwrap();
+        let moved = parse_peers("1=a:1,2=b:2,3=c:4").unwrap();
+        let fewer = parse_peers("1=a:1,2=b:2").unwrap();
+        let id = derive_cluster_id(&a, None);
+        assert_eq!(id, derive_cluster_id(&same, None));
+        assert_ne!(id, derive_cluster_id(&moved, None));
+        assert_ne!(id, derive_cluster_id(&fewer, None));
+        // With a token, addresses do not matter, ids and the token do.
+        assert_eq!(
+            derive_cluster_id(&a, Some("t")),
+            derive_cluster_id(&moved, Some("t"))
+        );
+        assert_ne!(
+            derive_cluster_id(&a, Some("t")),
+            derive_cluster_id(&a, Some("u"))
+        );
+        assert_ne!(
+            derive_cluster_id(&a, Some("t")),
+            derive_cluster_id(&fewer, Some("t"))
+        );
+
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(load_or_init_cluster_id(tmp.path(), &a, None).unwrap(), id);
+        // Persisted: later members or tokens do not change it.
+        assert_eq!(
+            load_or_init_cluster_id(tmp.path(), &moved, Some("x")).unwrap(),
+            id
+        );
+        std::fs::write(tmp.path().join(CLUSTER_ID_FILE), "junk").unwrap();
+        assert!(load_or_init_cluster_id(tmp.path(), &a, None).is_err());
+        std::fs::write(
+            tmp.path().join(CLUSTER_ID_FILE),
+            format!("{CLUSTER_ID_HEADER}\nzz\n"),
+        )
+        .unwrap();
+        assert!(load_or_init_cluster_id(tmp.path(), &a, None).is_err());
     }
 }

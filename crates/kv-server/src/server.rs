@@ -7,6 +7,8 @@
 //! ```text
 //! <data-dir>/LOCK      held (flock) while a node runs on the directory
 //! <data-dir>/members   the cluster's initial members and their peer addresses
+//! <data-dir>/cluster-id  the cluster id of the peer handshake, fixed at
+//!                      bootstrap (derived from the initial members)
 //! <data-dir>/raft/     kv-raft's log store (the write-ahead log)
 //! <data-dir>/kv/       the engine (see `store`)
 //! ```
@@ -20,11 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_engine::SyncMode;
-use kv_net::Listener;
+use kv_net::{Listener, PeerIdentity};
 use kv_raft::{Node, Role};
 
 use crate::command::{Command, Op};
-use crate::config::{Config, load_or_init_members};
+use crate::config::{Config, load_or_init_cluster_id, load_or_init_members};
 use crate::error::{Error, IoContext, Result};
 use crate::keys;
 use crate::service::KvService;
@@ -42,6 +44,7 @@ pub struct Server {
     service: Arc<KvService>,
     store: Arc<Store>,
     members: BTreeMap<u64, String>,
+    cluster_id: u64,
     _lock: File,
 }
 
@@ -101,6 +104,7 @@ impl Server {
                 config.id
             )));
         }
+        let cluster_id = load_or_init_cluster_id(&dir, &members, config.cluster_token.as_deref())?;
         let engine_opts = kv_engine::Options {
             sync: SyncMode::Never,
             ..kv_engine::Options::default()
@@ -116,7 +120,11 @@ impl Server {
         };
         let sm = KvStateMachine::open(store.clone())?;
         let cell = HandleCell::default();
-        let transport = PeerTransport::start(config.id, &members, &config.net, cell.clone())?;
+        let identity = PeerIdentity {
+            cluster_id,
+            node_id: config.id,
+        };
+        let transport = PeerTransport::start(identity, &members, &config.net, cell.clone())?;
         let voters: Vec<u64> = members.keys().copied().collect();
         let node = {
             let (id, raft_dir, opts, voters) = (
@@ -142,8 +150,19 @@ impl Server {
             handle,
             store.clone(),
             members.clone(),
+            cluster_id,
         ));
-        tracing::info!(id = config.id, listen = %local_addr, ?members, "node started");
+        tracing::warn!(
+            "peer traffic is unauthenticated (no --peer-* flags): a process that can reach \
+             this node and knows the cluster id can speak for a member"
+        );
+        tracing::info!(
+            id = config.id,
+            listen = %local_addr,
+            cluster_id = %format!("{cluster_id:016x}"),
+            ?members,
+            "node started"
+        );
         Ok(Server {
             config,
             listener,
@@ -152,6 +171,7 @@ impl Server {
             service,
             store,
             members,
+            cluster_id,
             _lock: lock,
         })
     }
@@ -160,6 +180,12 @@ impl Server {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The cluster id of the peer handshake.
+    #[must_use]
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// The cluster members and their peer addresses.
@@ -174,6 +200,10 @@ impl Server {
     /// requests finish (bounded by the network grace period), stops the raft
     /// node (its log is fsynced) and closes the engine.
     ///
+    /// If the raft node stops by itself (its thread failed: a storage error,
+    /// a panic in raft), the node cannot make progress safely: it logs why,
+    /// stops serving the same way and returns the failure (SPEC section 3).
+    ///
     /// # Errors
     ///
     /// The error that stopped the raft node, if it failed.
@@ -184,18 +214,42 @@ impl Server {
             self.node.handle(),
             self.store.clone(),
         ));
+        let sweeper = tokio::spawn(expire_snapshots(
+            self.service.clone(),
+            self.config.snapshot_idle_timeout,
+        ));
         let handle = self.node.handle();
+        let node = Arc::new(parking_lot::Mutex::new(Some(self.node)));
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watched = node.clone();
+        let flag = failed.clone();
         let shutdown = async move {
-            shutdown.await;
-            hand_over_leadership(&handle).await;
+            tokio::select! {
+                () = shutdown => hand_over_leadership(&handle).await,
+                () = raft_stopped(&watched) => {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         };
         self.listener.run(self.service.clone(), shutdown).await;
         publisher.abort();
+        sweeper.abort();
         drop(self.service);
-        let node = self.node;
-        let stopped = tokio::task::spawn_blocking(move || node.shutdown())
+        let node = node.lock().take();
+        let stopped = tokio::task::spawn_blocking(move || node.map_or(Ok(()), Node::shutdown))
             .await
             .map_err(join_error)?;
+        let stopped = match stopped {
+            Err(e) => {
+                tracing::error!(error = %e, "raft node failed; the node stops");
+                Err(e)
+            }
+            Ok(()) if failed.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::error!("raft node stopped by itself; the node stops");
+                Err(kv_raft::Error::Stopped)
+            }
+            Ok(()) => Ok(()),
+        };
         let store = self.store;
         tokio::task::spawn_blocking(move || {
             if let Err(e) = store.current().db().flush() {
@@ -206,6 +260,27 @@ impl Server {
         .map_err(join_error)?;
         tracing::info!(id = self.config.id, "node stopped");
         Ok(stopped?)
+    }
+}
+
+/// Completes once the raft node's thread has ended.
+async fn raft_stopped(node: &parking_lot::Mutex<Option<Node>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !node.lock().as_ref().is_some_and(Node::is_running) {
+            tracing::error!("the raft thread has stopped; shutting down");
+            return;
+        }
+    }
+}
+
+/// Drops partial snapshot transfers that went quiet, also when no further
+/// chunk arrives to sweep them.
+async fn expire_snapshots(service: Arc<KvService>, idle_timeout: Duration) {
+    let every = (idle_timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        service.expire_snapshots();
     }
 }
 

@@ -4,6 +4,12 @@
 //! `Ready` and one fsync); reads are linearizable through ReadIndex unless
 //! the request asks for a serializable local read. Every error says whether
 //! the write may have been applied (`outcome_unknown`).
+//!
+//! Peer traffic: kv-net hands raft messages and snapshot chunks only from
+//! connections whose handshake [`KvService`] accepted (this cluster's id, a
+//! current member other than this node). Each raft message must then come
+//! from that member and be addressed to this node; a batch with one bad
+//! message is refused whole, which closes its connection.
 
 // Handlers return `Result<Response, Response>`: both sides are the answer,
 // and `?` keeps the early error exits readable.
@@ -11,15 +17,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_net::Service;
 use kv_net::proto::{
-    self, BatchResult, CasResult, DeleteResult, ErrorCode, GetResult, KeyValue, PeerMessage,
+    self, BatchResult, CasResult, DeleteResult, ErrorCode, GetResult, Hello, KeyValue, PeerMessage,
     PutResult, RangeResult, Request, Response, SnapshotChunk, StatusResult, batch_op, request,
 };
 use kv_net::server::error_response;
+use kv_raft::raft::eraftpb::MessageType;
 use kv_raft::{Handle, Role};
 
 use crate::command::{BatchOp, Command, Op, Outcome};
@@ -27,7 +34,7 @@ use crate::keys;
 use crate::proposer::{ProposeError, Proposer};
 use crate::state_machine::get_user;
 use crate::store::Store;
-use crate::transport::{SnapshotAssembler, decode_messages};
+use crate::transport::{SnapshotAssembler, SnapshotLimits, check_peer_message, decode_message};
 
 /// The node's request handler, shared by all connections.
 #[derive(Debug)]
@@ -37,6 +44,7 @@ pub struct KvService {
     store: Arc<Store>,
     advertise: String,
     peers: BTreeMap<u64, String>,
+    cluster_id: u64,
     request_timeout: Duration,
     max_page: u32,
     max_page_bytes: usize,
@@ -91,6 +99,7 @@ impl KvService {
         handle: Handle,
         store: Arc<Store>,
         peers: BTreeMap<u64, String>,
+        cluster_id: u64,
     ) -> KvService {
         KvService {
             id: config.id,
@@ -98,10 +107,14 @@ impl KvService {
             store,
             advertise: config.advertise_addr().to_owned(),
             peers,
+            cluster_id,
             request_timeout: config.request_timeout,
             max_page: config.max_range_page,
             max_page_bytes: config.net.max_frame_length / 2,
-            snapshots: SnapshotAssembler::default(),
+            snapshots: SnapshotAssembler::new(SnapshotLimits {
+                max_bytes: config.max_snapshot_bytes,
+                idle_timeout: config.snapshot_idle_timeout,
+            }),
             proposer: Proposer::start(handle.clone()),
         }
     }
@@ -124,6 +137,23 @@ impl KvService {
         published
             .or_else(|| self.peers.get(&id).cloned())
             .unwrap_or_default()
+    }
+
+    /// Drops snapshot transfers that received nothing for the idle timeout.
+    pub fn expire_snapshots(&self) {
+        self.snapshots.expire(Instant::now());
+    }
+
+    /// Whether `id` belongs to the cluster now: raft's current
+    /// configuration, or, while raft has none yet, the initial members.
+    async fn is_member(&self, id: u64) -> bool {
+        match tokio::time::timeout(self.request_timeout, self.handle.status()).await {
+            Ok(Ok(s)) if s.voters.is_empty() && s.learners.is_empty() => {
+                self.peers.contains_key(&id)
+            }
+            Ok(Ok(s)) => s.voters.contains(&id) || s.learners.contains(&id),
+            _ => false,
+        }
     }
 
     fn not_leader(&self, leader: Option<u64>) -> Response {
@@ -362,27 +392,63 @@ impl Service for KvService {
         self.serve(request).await.unwrap_or_else(|e| e)
     }
 
-    async fn peer_message(&self, message: PeerMessage) {
-        if message.to != self.id {
-            tracing::warn!(to = message.to, "peer message for another node dropped");
-            return;
+    async fn peer_hello(&self, hello: Hello) -> Result<(), String> {
+        if hello.cluster_id != self.cluster_id {
+            return Err(format!(
+                "cluster id {:016x}, this node belongs to {:016x}",
+                hello.cluster_id, self.cluster_id
+            ));
         }
-        for m in decode_messages(message.from, message.raft_messages) {
-            if self.handle.step(m).is_err() {
-                return;
-            }
+        let peer = hello.node_id;
+        if peer == self.id {
+            return Err("the node id is this node's own".into());
         }
+        if !self.is_member(peer).await {
+            return Err("not a member of the cluster".into());
+        }
+        Ok(())
     }
 
-    async fn snapshot_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
+    async fn peer_message(&self, peer: u64, message: PeerMessage) -> Result<(), String> {
+        if message.to != self.id {
+            return Err(format!(
+                "addressed to node {}, this is {}",
+                message.to, self.id
+            ));
+        }
+        // Every message is checked before any is stepped: a refused batch
+        // changes nothing.
+        let mut msgs = Vec::with_capacity(message.raft_messages.len());
+        for raw in &message.raft_messages {
+            let m = decode_message(raw)?;
+            check_peer_message(&m, peer, self.id)?;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                return Err("a snapshot outside snapshot chunks".into());
+            }
+            msgs.push(m);
+        }
+        for m in msgs {
+            self.handle
+                .step(m)
+                .map_err(|e| format!("cannot step: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot_chunk(&self, peer: u64, chunk: SnapshotChunk) -> Result<(), String> {
         if chunk.to != self.id {
             return Err(format!(
                 "snapshot for node {}, this is {}",
                 chunk.to, self.id
             ));
         }
-        if let Some(msg) = self.snapshots.add(chunk)? {
-            tracing::info!(from = msg.from, "snapshot received");
+        if let Some(msg) = self.snapshots.add(peer, chunk, Instant::now())? {
+            check_peer_message(&msg, peer, self.id)?;
+            tracing::info!(
+                from = msg.from,
+                bytes = msg.get_snapshot().data.len(),
+                "snapshot received"
+            );
             self.handle
                 .step(msg)
                 .map_err(|e| format!("cannot step snapshot: {e}"))?;

@@ -2,13 +2,17 @@
 //! kv-client and the `kvctl` binary. One behaviour per module; the tests run
 //! one at a time (see `common::serial`).
 
+mod adversarial_peers;
 mod bad_frames;
 mod cas_counter;
 mod client_api;
 mod common;
+mod fail_stop;
 mod failover;
 mod kvctl_commands;
 mod partition;
+mod peer_wire;
 mod restart;
 mod snapshot_catch_up;
 mod startup_errors;
+mod stray_peer_frame;

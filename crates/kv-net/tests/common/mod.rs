@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_net::proto::{
-    self, BatchResult, CasResult, DeleteResult, ErrorCode, GetResult, KeyValue, PeerMessage,
+    self, BatchResult, CasResult, DeleteResult, ErrorCode, GetResult, Hello, KeyValue, PeerMessage,
     PutResult, RangeResult, Request, Response, Role, SnapshotChunk, StatusResult, batch_op,
     request,
 };
 use kv_net::server::error_response;
-use kv_net::{Listener, Options, Service};
+use kv_net::{Listener, Options, PeerIdentity, Service};
 use tokio::sync::{mpsc, oneshot};
 
 /// Every test body is bounded by this.
@@ -26,6 +26,17 @@ pub async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, f)
         .await
         .expect("test exceeded its time bound")
+}
+
+/// The cluster id [`MemKv`] accepts in a peer handshake, from nodes 1 to 3.
+pub const TEST_CLUSTER: u64 = 7;
+
+/// Node `id` of [`TEST_CLUSTER`].
+pub fn identity(node_id: u64) -> PeerIdentity {
+    PeerIdentity {
+        cluster_id: TEST_CLUSTER,
+        node_id,
+    }
 }
 
 /// An in-memory key-value service.
@@ -185,13 +196,33 @@ impl Service for MemKv {
         resp
     }
 
-    async fn peer_message(&self, message: PeerMessage) {
+    async fn peer_hello(&self, hello: Hello) -> Result<(), String> {
+        if hello.cluster_id != TEST_CLUSTER {
+            return Err("another cluster".into());
+        }
+        if !(1..=3).contains(&hello.node_id) {
+            return Err("not a member".into());
+        }
+        Ok(())
+    }
+
+    async fn peer_message(&self, peer: u64, message: PeerMessage) -> Result<(), String> {
+        assert_eq!(peer, message.from, "kv-net checks the sender");
+        if message
+            .raft_messages
+            .iter()
+            .any(|m| m.as_ref() == b"refuse")
+        {
+            return Err("refused".into());
+        }
         if let Some(tx) = &self.peer_tx {
             let _ = tx.send(message);
         }
+        Ok(())
     }
 
-    async fn snapshot_chunk(&self, chunk: SnapshotChunk) -> Result<(), String> {
+    async fn snapshot_chunk(&self, peer: u64, chunk: SnapshotChunk) -> Result<(), String> {
+        assert_eq!(peer, chunk.from, "kv-net checks the sender");
         if self.refuse_snapshots {
             return Err("no thanks".into());
         }
