@@ -9,7 +9,8 @@
 //! the completion of an operation it has not placed. A set of (operations
 //! placed, register value) pairs already explored prunes the search, which
 //! turns the factorial number of orders of concurrent operations into the
-//! number of distinct such pairs.
+//! number of distinct such pairs. Sets are keyed by a 128-bit Zobrist hash,
+//! so a memo entry costs 20 bytes whatever the history's length.
 //!
 //! Outcomes:
 //! - a definite failure ([`Outcome::Fail`]) never took effect, so it is left
@@ -427,9 +428,16 @@ impl<'a> Part<'a> {
     }
 
     fn search(mut self, deadline: Instant, opts: &Options) -> Linearizability {
-        let words = self.ops.len().div_ceil(64);
-        let mut placed = vec![0u64; words];
-        let mut memo: HashSet<(Vec<u64>, Value)> = HashSet::new();
+        // The set of placed operations is keyed by a Zobrist hash (the XOR
+        // of a random 128-bit word per placed operation), updated in O(1)
+        // per step; a false match between two sets has a chance of about
+        // 2^-128 per pair, far below anything a run can reach.
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ self.ops.len() as u64;
+        let words: Vec<u128> = (0..self.ops.len())
+            .map(|_| (u128::from(splitmix(&mut seed)) << 64) | u128::from(splitmix(&mut seed)))
+            .collect();
+        let mut placed: u128 = 0;
+        let mut memo: HashSet<(u128, Value)> = HashSet::new();
         let mut stack: Vec<(usize, Value)> = Vec::new();
         let mut state: Value = 0;
         let mut entry = self.next[0];
@@ -451,8 +459,8 @@ impl<'a> Part<'a> {
             let (op, is_call) = self.entry_op[entry];
             if is_call {
                 if let Some(next_state) = self.ops[op].step(state) {
-                    placed[op / 64] |= 1 << (op % 64);
-                    let fresh = !opts.memo || memo.insert((placed.clone(), next_state));
+                    placed ^= words[op];
+                    let fresh = !opts.memo || memo.insert((placed, next_state));
                     if fresh {
                         if memo.len() > opts.max_memo {
                             return Linearizability::Unknown(format!(
@@ -467,7 +475,7 @@ impl<'a> Part<'a> {
                         entry = self.next[0];
                         continue;
                     }
-                    placed[op / 64] &= !(1 << (op % 64));
+                    placed ^= words[op];
                 }
                 entry = self.next[entry];
             } else {
@@ -483,7 +491,7 @@ impl<'a> Part<'a> {
                 let Some((op, old)) = stack.pop() else {
                     return Linearizability::Violation(Box::new(self.violation(&deepest)));
                 };
-                placed[op / 64] &= !(1 << (op % 64));
+                placed ^= words[op];
                 state = old;
                 self.unlift(op);
                 entry = self.next[self.call_of[op]];
@@ -528,6 +536,15 @@ impl<'a> Part<'a> {
             hint,
         }
     }
+}
+
+/// SplitMix64: a fixed, well-mixed sequence for the Zobrist words.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 impl fmt::Display for Report {

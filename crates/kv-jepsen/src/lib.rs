@@ -12,7 +12,7 @@
 //! - [`checker`]: linearizability per key against a register model;
 //! - [`cluster`]: `kvd` processes and the proxy mesh between them;
 //! - [`nemesis`]: the faults and their schedule;
-//! - `runner`: one whole run and its report.
+//! - [`runner`]: one whole run and its [`runner::Report`].
 //!
 //! What a run checks: (1) the history, final reads included, is
 //! linearizable; (2) hence every acknowledged write is visible afterwards
@@ -31,7 +31,7 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
-
+pub mod runner;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

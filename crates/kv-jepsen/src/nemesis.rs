@@ -1,6 +1,6 @@
 //! Faults on a running [`Cluster`]: SIGKILL and restart on the same data
 //! dir, SIGSTOP / SIGCONT, and partitions of the proxy links. One fault at
-//! a time, on a random schedule; half the time aimed at the leader, where
+//! a time, on a random schedule, each kind once per round in random order; half the time aimed at the leader, where
 //! faults hurt most.
 
 use std::collections::BTreeMap;
@@ -191,6 +191,9 @@ impl Default for Schedule {
 #[derive(Debug)]
 pub struct Nemesis {
     kinds: Vec<Kind>,
+    /// Kinds still to draw in this round: every kind comes once per round,
+    /// so a short run still sees each of them.
+    bag: Vec<Kind>,
     schedule: Schedule,
     rng: StdRng,
     /// Faults injected, by kind.
@@ -205,6 +208,7 @@ impl Nemesis {
     pub fn new(kinds: Vec<Kind>, schedule: Schedule, seed: u64) -> Nemesis {
         Nemesis {
             kinds,
+            bag: Vec::new(),
             schedule,
             rng: StdRng::seed_from_u64(seed),
             injected: BTreeMap::new(),
@@ -223,13 +227,16 @@ impl Nemesis {
     /// A random fault of an enabled kind, or `None` when no kind applies.
     async fn pick(&mut self, cluster: &Cluster) -> Option<Fault> {
         let n = cluster.nodes.len();
-        let kinds: Vec<Kind> = self
-            .kinds
-            .iter()
-            .copied()
-            .filter(|k| *k != Kind::Partition || n >= 3)
-            .collect();
-        let kind = *kinds.choose(&mut self.rng)?;
+        if self.bag.is_empty() {
+            self.bag = self
+                .kinds
+                .iter()
+                .copied()
+                .filter(|k| *k != Kind::Partition || n >= 3)
+                .collect();
+            self.bag.shuffle(&mut self.rng);
+        }
+        let kind = self.bag.pop()?;
         let leader = if self.rng.gen_bool(0.5) {
             cluster.leader().await
         } else {
