@@ -72,7 +72,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
     Ok(a)
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 

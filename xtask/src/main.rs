@@ -3,8 +3,12 @@
 //! - `cargo xtask ci`: the checks CI runs (format, lints, tests).
 //! - `cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]`:
 //!   a local cluster of release `kvd` processes; Ctrl-C stops it.
+//! - `cargo xtask jepsen [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3]
+//!   [--clients 8] [--keys 5] [--seed S]`: the fault suite against release `kvd`
+//!   processes; exits non-zero on a violation.
 
 mod cluster;
+mod jepsen;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,9 +48,10 @@ fn main() -> Result<()> {
             run(&["test", "--workspace"])
         }
         Some("cluster") => cluster::run(&args[1..], &workspace_root()),
+        Some("jepsen") => jepsen::run(&args[1..], &workspace_root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       format check, clippy and all tests, as CI runs them\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       format check, clippy and all tests, as CI runs them\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]"
             );
             std::process::exit(2);
         }
