@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation.
 //!
-//! - `cargo xtask ci`: the checks CI runs (format, lints, tests).
+//! - `cargo xtask ci`: everything CI runs (`.ci/run`: format, lints, all
+//!   tests, the failpoint tests, short fuzz runs).
 //! - `cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]`:
 //!   a local cluster of release `kvd` processes; Ctrl-C stops it.
 //! - `cargo xtask jepsen [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3]
@@ -36,22 +37,22 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => {
-            run(&["fmt", "--all", "--", "--check"])?;
-            run(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])?;
-            run(&["test", "--workspace"])
+            // One definition of what CI runs: the script itself.
+            let script = workspace_root().join(".ci").join("run");
+            let status = Command::new("bash")
+                .arg(&script)
+                .status()
+                .with_context(|| format!("running {}", script.display()))?;
+            if !status.success() {
+                bail!("{} failed ({status})", script.display());
+            }
+            Ok(())
         }
         Some("cluster") => cluster::run(&args[1..], &workspace_root()),
         Some("jepsen") => jepsen::run(&args[1..], &workspace_root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       format check, clippy and all tests, as CI runs them\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]"
             );
             std::process::exit(2);
         }

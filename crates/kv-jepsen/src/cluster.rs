@@ -197,6 +197,9 @@ impl Node {
         let child = Command::new(&self.kvd)
             .args(["--id", &self.id.to_string(), "--listen", &self.listen])
             .args(["--peers", &self.peers, "--log-level", "info"])
+            // Every node names the others by the proxies on its own links,
+            // so their `--peers` differ: the cluster id comes from a token.
+            .args(["--cluster-token", "kv-jepsen"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
