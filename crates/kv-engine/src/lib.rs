@@ -52,6 +52,8 @@ mod compaction;
 mod db;
 mod error;
 mod filename;
+#[doc(hidden)]
+pub mod fuzzing;
 mod iterator;
 mod key;
 mod manifest;
