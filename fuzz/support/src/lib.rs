@@ -151,7 +151,10 @@ pub mod fixup {
             let (Ok(off), Ok(len)) = (usize::try_from(off), usize::try_from(len)) else {
                 continue;
             };
-            if let Some(end) = off.checked_add(len).filter(|&e| e + 4 <= foot) {
+            if let Some(end) = off
+                .checked_add(len)
+                .filter(|&e| e.checked_add(4).is_some_and(|e4| e4 <= foot))
+            {
                 put_crc(buf, end, off..end);
             }
         }
