@@ -53,6 +53,8 @@ mod db;
 mod error;
 mod fault;
 mod filename;
+#[doc(hidden)]
+pub mod fuzzing;
 mod iterator;
 mod key;
 mod manifest;

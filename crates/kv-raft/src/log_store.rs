@@ -141,6 +141,15 @@ struct Replay {
 impl Replay {
     fn entry(&mut self, path: &Path, off: u64, e: Entry) -> Result<()> {
         let i = e.index;
+        // Raft numbers entries from 1, and the index after the last must
+        // exist.
+        if i == 0 || i == u64::MAX {
+            return Err(Error::corruption(
+                path,
+                off,
+                format!("entry index {i} out of range"),
+            ));
+        }
         match self.run.front().map(|f| f.index) {
             None => self.run.push_back(e),
             Some(first) => {
@@ -232,15 +241,27 @@ impl LogStore {
         let mut store_entries = replay.run;
         let meta = snapshot.get_metadata();
         let (s_index, s_term) = (meta.index, meta.term);
-        if let Some(first) = store_entries.front().map(|e| e.index) {
-            // An installed snapshot whose log mark did not reach the disk:
-            // entries that disagree with it are void.
-            if s_index >= first
-                && let Some(e) = store_entries.get((s_index - first) as usize)
-                && e.term != s_term
-            {
-                store_entries.clear();
-            }
+        if s_index == u64::MAX {
+            return Err(Error::corruption(
+                dir.join(SNAPSHOT_FILE),
+                0,
+                "snapshot index out of range",
+            ));
+        }
+        // An installed snapshot whose log mark did not reach the disk: the
+        // entries from or before its index that do not hold its own entry
+        // (a different term there, or a log ending before it) are void.
+        // The mark is written below: without it the next replay would take
+        // entries appended after the snapshot as continuing the void ones,
+        // and void them too or see a gap.
+        let unmarked = store_entries.front().is_some_and(|first| {
+            s_index >= first.index
+                && store_entries
+                    .get((s_index - first.index) as usize)
+                    .is_none_or(|e| e.term != s_term)
+        });
+        if unmarked {
+            store_entries.clear();
         }
         while store_entries.front().is_some_and(|e| e.index <= s_index) {
             store_entries.pop_front();
@@ -300,7 +321,7 @@ impl LogStore {
             .metadata()
             .map_err(|e| Error::io(active_path, e))?
             .len();
-        Ok(LogStore {
+        let mut store = LogStore {
             dir,
             _lock: lock,
             sync: opts.sync,
@@ -316,7 +337,20 @@ impl LogStore {
             entries: store_entries,
             boot_applied: None,
             snapshot_wanted: Cell::new(false),
-        })
+        };
+        if unmarked {
+            store.mark_snapshot(s_index, s_term);
+            store.sync()?;
+        }
+        Ok(store)
+    }
+
+    /// Buffers the record that voids the entries before it at replay.
+    fn mark_snapshot(&mut self, index: u64, term: u64) {
+        let mut b = index.to_le_bytes().to_vec();
+        b.extend_from_slice(&term.to_le_bytes());
+        record::encode(&mut self.buf, Kind::SnapshotMark, &b);
+        self.note_index(index);
     }
 
     /// The directory of the store.
@@ -613,10 +647,7 @@ impl LogStore {
             self.entries.drain(..n);
         } else {
             self.entries.clear();
-            let mut b = meta.index.to_le_bytes().to_vec();
-            b.extend_from_slice(&meta.term.to_le_bytes());
-            record::encode(&mut self.buf, Kind::SnapshotMark, &b);
-            self.note_index(meta.index);
+            self.mark_snapshot(meta.index, meta.term);
         }
         self.conf_states.retain(|(i, _)| *i > meta.index);
         self.conf_states

@@ -222,3 +222,73 @@ fn purge_after_snapshot() {
     assert_eq!(got[0], entry(351));
     assert_eq!(&s.snapshot(0, 2).unwrap().data[..], b"snap");
 }
+
+/// Installs a snapshot at (`index`, `term`) on a log of entries `1..=n` and
+/// stops before the next sync: the snapshot file is on disk, the snapshot
+/// mark that voids the old entries is not (a crash at that point). Then,
+/// after one recovery, appends what a leader sends next and syncs it.
+fn snapshot_then_crash_then_append(dir: &Path, n: u64, index: u64, term: u64) -> Vec<Entry> {
+    fill(dir, n);
+    {
+        let mut s = LogStore::open(dir, &opts()).unwrap();
+        let mut snap = kv_raft::raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.apply_snapshot(snap).unwrap();
+        // Dropped unsynced: the buffered mark never reaches the file.
+    }
+    let mut s = LogStore::open(dir, &opts()).unwrap();
+    assert_eq!(s.first_index().unwrap(), index + 1);
+    assert_eq!(s.last_index().unwrap(), index);
+    let new: Vec<Entry> = (index + 1..=index + 5)
+        .map(|i| Entry {
+            index: i,
+            term,
+            data: format!("after the snapshot {i}").into_bytes().into(),
+            ..Default::default()
+        })
+        .collect();
+    s.append(&new).unwrap();
+    s.set_hard_state(&HardState {
+        term,
+        commit: index + 3,
+        ..Default::default()
+    })
+    .unwrap();
+    s.sync().unwrap();
+    new
+}
+
+fn assert_log_after_snapshot(dir: &Path, index: u64, want: &[Entry]) {
+    let s = LogStore::open(dir, &opts()).expect("the log reopens");
+    assert_eq!(s.first_index().unwrap(), index + 1);
+    assert_eq!(s.last_index().unwrap(), index + want.len() as u64);
+    let ctx = kv_raft::raft::GetEntriesContext::empty(false);
+    let got = s
+        .entries(index + 1, index + 1 + want.len() as u64, None, ctx)
+        .unwrap();
+    assert_eq!(got, want, "entries synced after the snapshot were lost");
+    assert_eq!(s.hard_state().commit, index + 3);
+}
+
+/// The snapshot lies beyond the old log: entries appended after recovery
+/// must not look like a gap after the old entries at the next recovery.
+#[test]
+fn entries_appended_after_an_unmarked_snapshot_beyond_the_log_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = snapshot_then_crash_then_append(dir.path(), 20, 60, 3);
+    assert_log_after_snapshot(dir.path(), 60, &new);
+}
+
+/// The snapshot conflicts with the old log at its index: entries appended
+/// after recovery must not be voided with the old ones at the next
+/// recovery.
+#[test]
+fn entries_appended_after_an_unmarked_conflicting_snapshot_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    // Entry 40 (not committed: the log's commit is 38) has term 1; the
+    // snapshot says term 5.
+    let new = snapshot_then_crash_then_append(dir.path(), 40, 40, 5);
+    assert_log_after_snapshot(dir.path(), 40, &new);
+}
