@@ -12,7 +12,7 @@ use kv_engine::fuzzing;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let bytes = fixup::input(data, fixup::engine_records);
+    let bytes = fixup::input(data, fixup::engine_wal);
     let dir = fresh_dir("wal");
     let path = write_file(&dir, "000001.log", &bytes);
 

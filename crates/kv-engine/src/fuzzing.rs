@@ -57,25 +57,41 @@ pub fn replay_wal(path: &Path, last_segment: bool) -> Result<Vec<Batch>> {
     Ok(out)
 }
 
-/// The bytes of a WAL segment holding `batches`, framed as the write path
-/// frames them.
+/// The bytes of a WAL segment holding `batches`, one commit group each,
+/// framed as the write path frames them (checksum seed `seed`).
 #[must_use]
 pub fn encode_wal(batches: &[Batch]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (seq, ops) in batches {
-        let mut b = WriteBatch::new();
-        for op in ops {
-            if op.put {
-                b.put(&op.key, &op.value);
-            } else {
-                b.delete(&op.key);
+    let groups: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|(seq, ops)| {
+            let mut b = WriteBatch::new();
+            for op in ops {
+                if op.put {
+                    b.put(&op.key, &op.value);
+                } else {
+                    b.delete(&op.key);
+                }
             }
-        }
-        let mut payload = Vec::new();
-        batch::encode_wal_payload(&mut payload, *seq, &b);
-        record::encode(&mut out, &payload);
+            let mut payload = Vec::new();
+            batch::encode_wal_payload(&mut payload, *seq, &b);
+            let mut body = Vec::new();
+            record::encode(&mut body, &payload);
+            body
+        })
+        .collect();
+    crate::wal::encode_segment(0x5eed_f00d, &groups)
+}
+
+/// Recomputes the checksums of a WAL segment in the commit-group layout
+/// (header record, group headers, group bodies and the records in them),
+/// with `repair_records` fixing the records of a byte range; a segment in
+/// the older layout is left to `repair_records` whole.
+pub fn repair_wal(buf: &mut [u8], repair_records: impl Fn(&mut [u8])) {
+    if crate::wal::is_grouped(buf) {
+        crate::wal::repair_checksums(buf, repair_records);
+    } else {
+        repair_records(buf);
     }
-    out
 }
 
 /// The version a manifest describes.

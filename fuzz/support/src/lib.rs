@@ -115,6 +115,12 @@ pub mod fixup {
         }
     }
 
+    /// kv-engine WAL segments: the commit groups' checksums (seeded by the
+    /// segment header) and the records inside them.
+    pub fn engine_wal(buf: &mut [u8]) {
+        kv_engine::fuzzing::repair_wal(buf, engine_records);
+    }
+
     /// kv-raft segment and snapshot files:
     /// `[len u32][kind u8][3 x 0][crc(first 8) u32][crc(payload) u32][payload]`.
     pub fn raft_records(buf: &mut [u8]) {
