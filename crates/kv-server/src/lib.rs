@@ -13,15 +13,27 @@
 //!   one `WriteBatch` per applied entry holding its effects, its
 //!   de-duplication record and the applied index.
 //! - [`config`]: [`Config`] and the persisted membership file.
-//! - [`transport`]: raft messages over kv-net peer links; snapshots in chunks.
+//! - [`transport`]: raft messages over kv-net peer links; snapshots in chunks,
+//!   reassembled within bounds; the checks a received raft message passes.
 //! - [`proposer`]: groups concurrent client writes into one raft entry.
 //! - [`service`]: [`KvService`], kv-net's `Service`: client requests and peer
 //!   traffic.
 //! - [`server`]: [`Server`] / [`run`]: one node, from data directory to
 //!   graceful shutdown.
 //!
+//! # Peers and failures
+//!
+//! A peer connection opens with the handshake of SPEC section 10: the
+//! cluster id (fixed at bootstrap, persisted in `<data-dir>/cluster-id`) and
+//! the sender's member id; raft traffic is taken only after it, only in that
+//! member's name and only when addressed to this node. If the raft thread
+//! dies (a storage failure, a panic in raft-rs), the node stops serving and
+//! [`Server::run`] returns the cause, so `kvd` exits non-zero.
+//!
 //! # Limits
 //!
+//! - Peer traffic is unauthenticated: the handshake carries no proof yet, so
+//!   whoever knows the cluster id and a member id passes it.
 //! - Snapshots are built and held in memory whole (kv-raft's limit), and
 //!   streamed to followers in chunks.
 //! - De-duplication records are kept for the last 1024 writes of each client

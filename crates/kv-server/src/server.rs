@@ -215,7 +215,7 @@ impl Server {
             self.store.clone(),
         ));
         let sweeper = tokio::spawn(expire_snapshots(
-            self.service.clone(),
+            Arc::downgrade(&self.service),
             self.config.snapshot_idle_timeout,
         ));
         let handle = self.node.handle();
@@ -276,11 +276,14 @@ async fn raft_stopped(node: &parking_lot::Mutex<Option<Node>>) {
 
 /// Drops partial snapshot transfers that went quiet, also when no further
 /// chunk arrives to sweep them.
-async fn expire_snapshots(service: Arc<KvService>, idle_timeout: Duration) {
+async fn expire_snapshots(service: std::sync::Weak<KvService>, idle_timeout: Duration) {
     let every = (idle_timeout / 4).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        service.expire_snapshots();
+        match service.upgrade() {
+            Some(service) => service.expire_snapshots(),
+            None => return,
+        }
     }
 }
 

@@ -29,7 +29,11 @@ fn wait_exit(node: &mut Node, within: Duration) -> Option<i32> {
 }
 
 fn error_lines(text: &str) -> Vec<&str> {
-    text.lines().filter(|l| l.contains("ERROR")).collect()
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    for l in &lines {
+        eprintln!("{l}");
+    }
+    lines
 }
 
 async fn cluster_still_serves(c: &Cluster, key: &str) {

@@ -6,6 +6,7 @@ mod adversarial_peers;
 mod bad_frames;
 mod cas_counter;
 mod client_api;
+mod cluster_id;
 mod common;
 mod fail_stop;
 mod failover;
