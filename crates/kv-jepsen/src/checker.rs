@@ -51,7 +51,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             timeout: Duration::from_secs(60),
-            max_memo: 20_000_000,
+            max_memo: 5_000_000,
             memo: true,
         }
     }

@@ -141,7 +141,8 @@ const HEADER: &str = "# flashkv history v1";
 impl History {
     /// The text form: a header line, then one line per record
     /// (`op PROCESS INVOKE COMPLETE KIND KEY [ARGS] => OUTCOME`) and per
-    /// event (`event TIME WHAT`). Keys and values are percent-escaped;
+    /// event (`event TIME WHAT`); lines starting with `#` are comments.
+    /// Keys and values are percent-escaped;
     /// `nil` is an absent value and `v:` prefixes a present one.
     #[must_use]
     pub fn to_text(&self) -> String {
@@ -205,7 +206,7 @@ impl History {
         let mut h = History::default();
         for (n, line) in lines {
             let n = n + 1;
-            if line.is_empty() {
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let mut words = line.split(' ');

@@ -14,7 +14,7 @@ use kv_jepsen::nemesis::Kind;
 use kv_jepsen::runner::{Config, run};
 
 const USAGE: &str = "usage: kv-jepsen --kvd PATH [--seconds 60] [--nemesis kill,pause,partition] \
-[--nodes 3] [--clients 8] [--keys 5] [--seed S] [--op-timeout-ms 2000] [--snapshot-threshold N] [--out DIR]
+[--nodes 3] [--clients 8] [--keys 5] [--seed S] [--op-timeout-ms 2000] [--snapshot-threshold N] [--out DIR] [--serializable-reads]
        kv-jepsen --check HISTORY_FILE";
 
 enum Mode {
@@ -67,6 +67,7 @@ fn parse(args: &[String]) -> Result<Mode, String> {
                 config.kvd_args = vec!["--snapshot-threshold".into(), n.to_string()];
             }
             "--out" => config.out_dir = PathBuf::from(value()?),
+            "--serializable-reads" => config.serializable_reads = true,
             "--check" => check = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),

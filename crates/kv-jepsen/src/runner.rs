@@ -49,6 +49,10 @@ pub struct Config {
     pub out_dir: PathBuf,
     /// Bounds on the check.
     pub check: checker::Options,
+    /// Clients read with `serializable` (possibly stale, from any node):
+    /// not linearizable by design, so a run with it shows that the suite
+    /// catches stale reads.
+    pub serializable_reads: bool,
 }
 
 impl Config {
@@ -70,6 +74,7 @@ impl Config {
             kvd_args: Vec::new(),
             out_dir: std::env::temp_dir(),
             check: checker::Options::default(),
+            serializable_reads: false,
         }
     }
 }
@@ -164,6 +169,7 @@ pub async fn run(config: Config) -> Result<Report, Error> {
                     cluster.endpoints(),
                     Options {
                         timeout: config.op_timeout,
+                        serializable: config.serializable_reads,
                         ..Options::default()
                     },
                 ),
