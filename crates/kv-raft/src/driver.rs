@@ -348,6 +348,8 @@ impl Node {
             applied,
             max_size_per_msg: opts.max_size_per_msg,
             max_inflight_msgs: opts.max_inflight_msgs,
+            max_uncommitted_size: opts.max_uncommitted_bytes,
+            max_committed_size_per_ready: opts.max_committed_bytes_per_ready,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()

@@ -31,6 +31,10 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Most pairs in one page of a range answer.
     pub max_range_page: u32,
+    /// Bounds of the write path (admission control, entry size). Its
+    /// `max_entry_bytes` is lowered, if need be, to leave room in a
+    /// `net.max_frame_length` frame.
+    pub writes: crate::proposer::WriteLimits,
 }
 
 impl Config {
@@ -48,6 +52,9 @@ impl Config {
             net: kv_net::Options::default(),
             request_timeout: Duration::from_secs(5),
             max_range_page: 1000,
+            writes: crate::proposer::WriteLimits::for_frame_length(
+                kv_net::DEFAULT_MAX_FRAME_LENGTH,
+            ),
         }
     }
 
