@@ -92,7 +92,7 @@ impl Tally {
             Err(e) => {
                 let kind = Kind::of(&e);
                 *self.errors.entry(kind).or_default() += 1;
-                let key = (kind, e.to_string());
+                let key = (kind, shape(&e.to_string()));
                 if self.messages.len() < 16 || self.messages.contains_key(&key) {
                     *self.messages.entry(key).or_default() += 1;
                 }
@@ -107,6 +107,22 @@ impl Tally {
     fn errors_of(&self, kind: Kind) -> u64 {
         self.errors.get(&kind).copied().unwrap_or(0)
     }
+}
+
+/// A message with its numbers blanked, so that errors of one cause are
+/// counted together.
+fn shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('N') {
+                out.push('N');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 struct Phase {

@@ -38,10 +38,11 @@ async fn big_writes_replicate_and_oversized_ones_are_refused() {
     let leader = c.wait_leader(Duration::from_secs(20)).await;
     let client = c.client(Duration::from_secs(60));
 
-    // Several 6 MiB puts, a 15 MiB one and many mid-sized ones at once:
-    // together far over one frame.
+    // Several 6 MiB puts, a 15.5 MiB one and many mid-sized ones at once:
+    // together far over one frame, and the big one with a few mid-sized
+    // ones over one frame too.
     let mut writes: Vec<(String, usize)> = (0..4).map(|i| (format!("big/{i}"), 6 * MIB)).collect();
-    writes.push(("big/15".into(), 15 * MIB));
+    writes.push(("big/15".into(), 15 * MIB + MIB / 2));
     writes.extend((0..24).map(|i| (format!("mid/{i:02}"), 300 << 10)));
     let mut tasks = JoinSet::new();
     for (n, (key, len)) in writes.iter().cloned().enumerate() {
@@ -77,7 +78,7 @@ async fn big_writes_replicate_and_oversized_ones_are_refused() {
     // Fits in a client frame, but its raft entry would not fit in a peer
     // frame: refused as invalid, nothing proposed.
     let e = client
-        .put("too-big", value(16 * MIB - 256, b'z'))
+        .put("too-big", value(16 * MIB - 100, b'z'))
         .await
         .expect_err("a write that cannot be replicated is refused");
     assert!(
