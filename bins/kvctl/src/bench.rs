@@ -1,29 +1,152 @@
-//! `kvctl bench`: a load generator. N clients (each with its own
-//! connections) run puts, then gets, over a shared key space; the report
-//! gives throughput and latency percentiles per phase.
+//! `kvctl bench`: a load generator (SPEC section 12). N clients (each with
+//! its own connections) run puts, then gets, over a shared key space; the
+//! report gives throughput, errors by kind and latency percentiles per phase.
+//!
+//! Closed loop (the default): each client issues its next request when the
+//! previous one completed. Open loop (`--rate`): request `i` is due at
+//! `start + i / rate` whether or not earlier ones completed, and its latency
+//! counts from that due time, so a server that falls behind shows up as
+//! latency instead of silently lowering the offered load (no coordinated
+//! omission).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use kv_client::{Client, Options};
 use serde_json::json;
+use tokio::time::Instant;
 
 /// Bench parameters.
 pub struct Params {
     pub clients: usize,
     pub requests: usize,
     pub value_size: usize,
+    pub key_size: usize,
     pub keys: usize,
+    /// Open loop at this many operations per second, over all clients.
+    pub rate: Option<f64>,
+    /// Skip the get phase.
+    pub puts_only: bool,
+}
+
+/// How a failed operation ended.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// Certainly not applied (e.g. unavailable, no leader).
+    Definite,
+    /// May or may not have been applied (e.g. a write that timed out).
+    Unknown,
+    /// Anything else: the request itself was refused as invalid.
+    Other,
+}
+
+impl Kind {
+    fn of(e: &kv_client::Error) -> Kind {
+        match e {
+            kv_client::Error::InvalidArgument(_) => Kind::Other,
+            e if e.is_definite() => Kind::Definite,
+            _ => Kind::Unknown,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Definite => "definite",
+            Kind::Unknown => "unknown",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// What one phase measured, shared by its clients while it runs.
+struct Tally {
+    hist: Histogram<u64>,
+    /// Slowest operation of any outcome, in microseconds.
+    slowest_us: u64,
+    errors: BTreeMap<Kind, u64>,
+    /// Error messages by kind, with counts (the first few distinct ones).
+    messages: BTreeMap<(Kind, String), u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .expect("valid histogram bounds"),
+            slowest_us: 0,
+            errors: BTreeMap::new(),
+            messages: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, us: u64, result: Result<(), kv_client::Error>) {
+        self.slowest_us = self.slowest_us.max(us);
+        match result {
+            Ok(()) => {
+                let _ = self.hist.record(us.max(1));
+            }
+            Err(e) => {
+                let kind = Kind::of(&e);
+                *self.errors.entry(kind).or_default() += 1;
+                let key = (kind, shape(&e.to_string()));
+                if self.messages.len() < 16 || self.messages.contains_key(&key) {
+                    *self.messages.entry(key).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn errors_of(&self, kind: Kind) -> u64 {
+        self.errors.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// A message with its numbers blanked, so that errors of one cause are
+/// counted together.
+fn shape(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('N') {
+                out.push('N');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 struct Phase {
     name: &'static str,
-    ops: u64,
-    errors: u64,
     elapsed: Duration,
-    hist: Histogram<u64>,
+    tally: Tally,
+}
+
+fn key_of(i: usize, keys: usize, key_size: usize) -> String {
+    let n = i.wrapping_mul(7919) % keys;
+    let width = key_size.saturating_sub("bench/".len()).max(8);
+    format!("bench/{n:0width$}")
+}
+
+async fn one(client: &Client, put: bool, key: &str, value: &[u8]) -> Result<(), kv_client::Error> {
+    if put {
+        client.put(key, value).await
+    } else {
+        client.get(key).await.map(drop)
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 async fn phase(
@@ -34,50 +157,86 @@ async fn phase(
     put: bool,
 ) -> Phase {
     let next = Arc::new(AtomicUsize::new(0));
-    let value = Arc::new(vec![b'x'; p.value_size]);
+    let done = Arc::new(AtomicU64::new(0));
+    let value: Arc<[u8]> = vec![b'x'; p.value_size].into();
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let clients = p.clients.max(1);
+    let (total, keys, key_size) = (p.requests, p.keys.max(1), p.key_size);
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..p.clients.max(1) {
-        let client = Client::new(endpoints.to_vec(), opts.clone());
-        let (next, value, total, keys) = (next.clone(), value.clone(), p.requests, p.keys.max(1));
-        tasks.spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
-            let mut errors = 0u64;
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let (done, tally) = (done.clone(), tally.clone());
+        tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let errors = tally.lock().map_or(0, |t| t.errors());
+                let n = done.load(Ordering::Relaxed);
+                let secs = start.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{name}: {n}/{total} done, {errors} errors, {:.0} ops/s   ",
+                    n as f64 / secs
+                );
+            }
+        })
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let client = Client::new(endpoints.to_vec(), opts.clone());
+        let (next, done, value, tally) = (next.clone(), done.clone(), value.clone(), tally.clone());
+        let rate = p.rate;
+        tasks.spawn(async move {
+            let record = move |us: u64, r: Result<(), kv_client::Error>| {
+                done.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut t) = tally.lock() {
+                    t.record(us, r);
                 }
-                let key = format!("bench/{:08}", (i.wrapping_mul(7919)) % keys);
-                let t = Instant::now();
-                let ok = if put {
-                    client.put(&key, value.as_slice()).await.is_ok()
-                } else {
-                    client.get(&key).await.is_ok()
-                };
-                if ok {
-                    let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    let _ = hist.record(us.max(1));
-                } else {
-                    errors += 1;
+            };
+            match rate {
+                None => loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let key = key_of(i, keys, key_size);
+                    let t = Instant::now();
+                    let r = one(&client, put, &key, &value).await;
+                    record(micros(t.elapsed()), r);
+                },
+                Some(rate) => {
+                    // Client c owns requests c, c + clients, ...; each is
+                    // started at its due time without waiting for the
+                    // earlier ones.
+                    let mut inflight = tokio::task::JoinSet::new();
+                    for i in (c..total).step_by(clients) {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                        while inflight.try_join_next().is_some() {}
+                        let (client, value, record) =
+                            (client.clone(), value.clone(), record.clone());
+                        let key = key_of(i, keys, key_size);
+                        inflight.spawn(async move {
+                            let r = one(&client, put, &key, &value).await;
+                            record(micros(due.elapsed()), r);
+                        });
+                    }
+                    while inflight.join_next().await.is_some() {}
                 }
             }
-            (hist, errors)
         });
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let mut errors = 0;
-    while let Some(Ok((h, e))) = tasks.join_next().await {
-        let _ = hist.add(&h);
-        errors += e;
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
     }
+    let tally = Arc::try_unwrap(tally)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .unwrap_or_else(Tally::new);
     Phase {
         name,
-        ops: hist.len(),
-        errors,
-        elapsed: start.elapsed(),
-        hist,
+        elapsed,
+        tally,
     }
 }
 
@@ -85,34 +244,50 @@ async fn phase(
 pub async fn run(endpoints: &[String], opts: &Options, p: &Params, json_out: bool) -> Vec<String> {
     let mut results = Vec::new();
     for (name, put) in [("put", true), ("get", false)] {
+        if !put && p.puts_only {
+            continue;
+        }
         results.push(phase(name, endpoints, opts, p, put).await);
     }
     let ms = |us: u64| us as f64 / 1000.0;
+    let quantiles = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)];
     if json_out {
         let phases: Vec<_> = results
             .iter()
             .map(|r| {
-                json!({
-                    "op": r.name, "ops": r.ops, "errors": r.errors,
+                let t = &r.tally;
+                let mut v = json!({
+                    "op": r.name, "ops": t.hist.len(), "errors": t.errors(),
+                    "errors_definite": t.errors_of(Kind::Definite),
+                    "errors_unknown": t.errors_of(Kind::Unknown),
+                    "errors_other": t.errors_of(Kind::Other),
                     "seconds": r.elapsed.as_secs_f64(),
-                    "ops_per_sec": r.ops as f64 / r.elapsed.as_secs_f64(),
-                    "p50_ms": ms(r.hist.value_at_quantile(0.5)),
-                    "p99_ms": ms(r.hist.value_at_quantile(0.99)),
-                    "p999_ms": ms(r.hist.value_at_quantile(0.999)),
-                    "max_ms": ms(r.hist.max()),
-                })
+                    "ops_per_sec": t.hist.len() as f64 / r.elapsed.as_secs_f64(),
+                });
+                for (name, q) in quantiles {
+                    v[format!("{name}_ms")] = json!(ms(t.hist.value_at_quantile(q)));
+                }
+                v["max_ms"] = json!(ms(t.hist.max()));
+                v["slowest_ms"] = json!(ms(t.slowest_us));
+                v
             })
             .collect();
         let v = json!({"ok": true, "clients": p.clients, "value_size": p.value_size,
+                       "key_size": p.key_size, "rate": p.rate,
                        "consistency": if opts.serializable { "serializable" } else { "linearizable" },
                        "phases": phases});
         return vec![v.to_string()];
     }
     let mut lines = vec![format!(
-        "clients={} value_size={}B keys={} endpoints={} reads={}",
+        "clients={} value_size={}B key_size={}B keys={} {} endpoints={} reads={}",
         p.clients,
         p.value_size,
+        p.key_size,
         p.keys,
+        p.rate.map_or_else(
+            || "closed loop".to_owned(),
+            |r| format!("open loop at {r}/s")
+        ),
         endpoints.join(","),
         if opts.serializable {
             "serializable"
@@ -121,18 +296,33 @@ pub async fn run(endpoints: &[String], opts: &Options, p: &Params, json_out: boo
         }
     )];
     for r in &results {
-        lines.push(format!(
-            "{:<4} {:>8} ops {:>5} errors {:>7.2}s {:>10.0} ops/s  p50 {:.2}ms  p99 {:.2}ms  p99.9 {:.2}ms  max {:.2}ms",
+        let t = &r.tally;
+        let mut line = format!(
+            "{:<4} {:>8} ops {:>7.2}s {:>8.0} ops/s  errors {} (definite {}, unknown {}, other {})",
             r.name,
-            r.ops,
-            r.errors,
+            t.hist.len(),
             r.elapsed.as_secs_f64(),
-            r.ops as f64 / r.elapsed.as_secs_f64(),
-            ms(r.hist.value_at_quantile(0.5)),
-            ms(r.hist.value_at_quantile(0.99)),
-            ms(r.hist.value_at_quantile(0.999)),
-            ms(r.hist.max()),
+            t.hist.len() as f64 / r.elapsed.as_secs_f64(),
+            t.errors(),
+            t.errors_of(Kind::Definite),
+            t.errors_of(Kind::Unknown),
+            t.errors_of(Kind::Other),
+        );
+        for (name, q) in quantiles {
+            line.push_str(&format!(
+                "  {name} {:.2}ms",
+                ms(t.hist.value_at_quantile(q))
+            ));
+        }
+        line.push_str(&format!(
+            "  max {:.2}ms  slowest (any outcome) {:.2}ms",
+            ms(t.hist.max()),
+            ms(t.slowest_us)
         ));
+        lines.push(line);
+        for ((kind, message), n) in &t.messages {
+            lines.push(format!("     {n:>8} x {}: {message}", kind.name()));
+        }
     }
     lines
 }

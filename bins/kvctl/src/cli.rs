@@ -82,9 +82,20 @@ pub enum Cmd {
         /// Value size in bytes.
         #[arg(long, default_value_t = 100)]
         value_size: usize,
+        /// Key size in bytes (keys are `bench/` and a zero-padded number).
+        #[arg(long, default_value_t = 14)]
+        key_size: usize,
         /// Distinct keys.
         #[arg(long, default_value_t = 10_000)]
         keys: usize,
+        /// Open loop: issue this many operations per second over all
+        /// clients, on schedule whether or not earlier ones completed;
+        /// latency counts from each operation's due time.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+        /// Only run the put phase.
+        #[arg(long, hide = true)]
+        puts_only: bool,
     },
 }
 
@@ -95,6 +106,18 @@ pub struct ShellLine {
     #[command(subcommand)]
     pub command: Cmd,
 }
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        _ => Err(format!(
+            "rate {s:?} must be a positive number of operations per second"
+        )),
+    }
+}
+
+/// The longest duration accepted.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// Parses durations like `500ms`, `2s`, `1m30s`, `1h`.
 ///
@@ -128,7 +151,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "" => return Err(format!("duration {s:?} needs a unit (ms, s, m, h)")),
             u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
         };
-        total += Duration::from_secs_f64(secs);
+        // Bounded so that deadlines computed from it cannot overflow.
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("duration {s:?} is too long (at most 10 years)"))?;
         rest = tail;
     }
     if total.is_zero() {
@@ -149,5 +177,9 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("1e400s").is_err());
+        assert!(parse_duration("87600h87600h").is_err());
+        assert!(parse_duration("87600h").is_ok());
     }
 }

@@ -99,13 +99,19 @@ fn main() -> ExitCode {
             clients,
             requests,
             value_size,
+            key_size,
             keys,
+            rate,
+            puts_only,
         } => {
             let p = bench::Params {
                 clients,
                 requests,
                 value_size,
+                key_size,
                 keys,
+                rate,
+                puts_only,
             };
             let opts = Options {
                 timeout: opts.timeout.max(std::time::Duration::from_secs(10)),

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -47,6 +49,17 @@ struct Args {
     /// different addresses (proxies). Ignored on restart.
     #[arg(long, hide = true)]
     cluster_token: Option<String>,
+    /// Writes accepted and not yet answered before more are refused as
+    /// overloaded.
+    #[arg(long, hide = true)]
+    max_pending_writes: Option<usize>,
+    /// Raft proposals (groups of writes) outstanding at once.
+    #[arg(long, hide = true)]
+    max_proposals_in_flight: Option<usize>,
+    /// Milliseconds a write may wait for its turn to be proposed before it
+    /// is refused as overloaded.
+    #[arg(long, hide = true)]
+    max_write_queue_wait_ms: Option<u64>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -65,11 +78,36 @@ fn config(args: &Args) -> Result<Config> {
         config.raft.snapshot_threshold = n;
     }
     config.cluster_token.clone_from(&args.cluster_token);
+    if let Some(n) = args.max_pending_writes {
+        config.writes.max_pending = n;
+    }
+    if let Some(n) = args.max_proposals_in_flight {
+        config.writes.max_in_flight = n;
+    }
+    if let Some(ms) = args.max_write_queue_wait_ms {
+        config.writes.max_queue_wait = std::time::Duration::from_millis(ms);
+    }
     config.validate()?;
     Ok(config)
 }
 
+/// Set by a SIGTERM or SIGINT that arrives before the runtime's handlers
+/// are in place.
+static EARLY_SIGNAL: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Catches SIGTERM and SIGINT from the first moment, so that one arriving
+/// during start-up ends in a clean shutdown rather than the default action.
+fn catch_early_signals() {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, EARLY_SIGNAL.clone()) {
+            eprintln!("kvd: cannot install the handler of signal {sig}: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    catch_early_signals();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
@@ -127,6 +165,12 @@ fn run(args: &Args) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let shutdown = async move {
+            // Checked after the handlers above are in place: a signal comes
+            // before (this flag) or after (their streams), never in between.
+            if EARLY_SIGNAL.load(Ordering::SeqCst) {
+                tracing::info!("signal during start-up: shutting down");
+                return;
+            }
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),

@@ -500,9 +500,18 @@ impl Client {
         let mut hints = 0;
         let mut backoff = opts.initial_backoff;
         let mut last = String::from("no attempt finished");
+        // The last answer, if it was a definite UNAVAILABLE: what a deadline
+        // reached while backing off from it reports.
+        let mut unavailable: Option<String> = None;
         loop {
             if Instant::now() >= deadline {
                 tracing::debug!(last, "operation timed out");
+                if let Some(message) = unavailable {
+                    return Err(Error::Unavailable {
+                        message,
+                        definite: !maybe_applied,
+                    });
+                }
                 return Err(Error::Timeout {
                     definite: !maybe_applied,
                 });
@@ -571,7 +580,11 @@ impl Client {
                                     }
                                 }
                                 ErrorCode::UNAVAILABLE => {
-                                    self.set_leader(None);
+                                    // Certainly not applied (e.g. the node
+                                    // is overloaded): retried after a
+                                    // pause, on the same node, which says
+                                    // so if it no longer leads.
+                                    unavailable = Some(last.clone());
                                     pause = true;
                                 }
                                 ErrorCode::INVALID_ARGUMENT => {
@@ -598,7 +611,17 @@ impl Client {
                 }
             }
             if pause {
-                let wake = (Instant::now() + backoff).min(deadline);
+                let wake = Instant::now() + backoff;
+                if wake >= deadline
+                    && let Some(message) = unavailable.take()
+                {
+                    // No retry fits before the deadline.
+                    return Err(Error::Unavailable {
+                        message,
+                        definite: !maybe_applied,
+                    });
+                }
+                let wake = wake.min(deadline);
                 tokio::time::sleep_until(wake).await;
                 backoff = (backoff * 2).min(opts.max_backoff);
             }

@@ -35,7 +35,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 
 use crate::completion::{self, Completion, Resolver};
 use crate::error::{Error, Result};
-use crate::log_store::LogStore;
+use crate::log_store::{LogStore, WrittenCompact};
 use crate::options::Options;
 use crate::state_machine::{StateMachine, Transport};
 
@@ -348,6 +348,8 @@ impl Node {
             applied,
             max_size_per_msg: opts.max_size_per_msg,
             max_inflight_msgs: opts.max_inflight_msgs,
+            max_uncommitted_size: opts.max_uncommitted_bytes,
+            max_committed_size_per_ready: opts.max_committed_bytes_per_ready,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
@@ -373,6 +375,8 @@ impl Node {
             applied,
             leader_id: 0,
             was_leader: false,
+            snapshot_job: None,
+            snapshot_thread: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
@@ -473,6 +477,9 @@ struct Driver<S, T> {
     applied: u64,
     leader_id: u64,
     was_leader: bool,
+    /// The snapshot being built off this thread, if any.
+    snapshot_job: Option<Receiver<Result<WrittenCompact>>>,
+    snapshot_thread: Option<JoinHandle<()>>,
 }
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
@@ -519,6 +526,18 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         };
         self.fail_all();
+        // A snapshot thread must not outlive the node: a new node on the
+        // same directory would write the same file. What it finished is
+        // installed (unless the node failed).
+        if let Some(t) = self.snapshot_thread.take() {
+            let _ = t.join();
+        }
+        if result.is_ok()
+            && let Some(rx) = self.snapshot_job.take()
+            && let Ok(Ok(written)) = rx.try_recv()
+        {
+            let _ = self.raw.mut_store().finish_compact(written);
+        }
         result
     }
 
@@ -910,15 +929,43 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
     }
 
+    /// Takes a snapshot when due. Its slow part (the state machine's job,
+    /// writing and syncing the file) runs on a thread of its own, so that
+    /// this node keeps committing meanwhile; at most one runs at a time, and
+    /// its result is installed here once it is done.
     fn maybe_snapshot(&mut self) -> Result<()> {
+        if let Some(rx) = &self.snapshot_job {
+            let written = match rx.try_recv() {
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => Err(Error::StateMachine(
+                    "the snapshot thread ended without a result".into(),
+                )),
+                Ok(written) => written,
+            };
+            self.snapshot_job = None;
+            self.raw.mut_store().finish_compact(written?)?;
+            return Ok(());
+        }
         let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
         let wanted = self.raw.store().take_snapshot_wanted() && self.applied > snap_index;
         if !wanted && self.applied < snap_index + self.opts.snapshot_threshold {
             return Ok(());
         }
-        let data = self.sm.snapshot().map_err(Error::StateMachine)?;
-        let applied = self.applied;
-        self.raw.mut_store().compact(applied, data)
+        let pending = self.raw.store().prepare_compact(self.applied)?;
+        let job = self.sm.begin_snapshot().map_err(Error::StateMachine)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}-snapshot", self.raw.raft.id))
+            .spawn(move || {
+                let written = job()
+                    .map_err(Error::StateMachine)
+                    .and_then(|data| pending.write(data));
+                let _ = tx.send(written);
+            })
+            .map_err(|e| Error::io("<thread spawn>", e))?;
+        self.snapshot_job = Some(rx);
+        self.snapshot_thread = Some(thread);
+        Ok(())
     }
 
     fn fail_all(&mut self) {

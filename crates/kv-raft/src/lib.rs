@@ -43,9 +43,15 @@
 //! - Entries since the last snapshot are cached in memory, and snapshots are
 //!   held in memory whole and travel in one raft message (a transport may
 //!   chunk it). `Options::snapshot_threshold` bounds the former.
-//! - Snapshots are taken on the driver thread: a slow
-//!   [`StateMachine::snapshot`] stalls the node for its duration.
+//! - A snapshot is begun on the driver thread
+//!   ([`StateMachine::begin_snapshot`]); its slow part (the state machine's
+//!   job, writing and syncing the snapshot file) runs on a thread of its
+//!   own, and the log is compacted once it is done. A state machine that
+//!   only implements [`StateMachine::snapshot`] stalls the node for its
+//!   duration.
 //! - The request channel is unbounded: callers apply their own backpressure.
+//!   Proposals beyond `Options::max_uncommitted_bytes` of uncommitted
+//!   entries are dropped (a definite error).
 //! - A node removed from the configuration keeps running until its owner
 //!   stops it.
 #![deny(unsafe_code)]
@@ -64,7 +70,7 @@ pub use driver::{Handle, Node, PeerProgress, Role, Status};
 pub use error::{BoxError, Error, Result};
 pub use log_store::LogStore;
 pub use options::Options;
-pub use state_machine::{StateMachine, Transport};
+pub use state_machine::{SnapshotJob, StateMachine, Transport};
 
 /// The raft-rs crate this one is built on, for its message types.
 pub use raft;

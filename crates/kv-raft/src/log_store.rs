@@ -48,6 +48,8 @@ use crate::record::{self, Kind, Step};
 
 const SNAPSHOT_FILE: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
+/// A compaction's snapshot file while it is written off the driver thread.
+const SNAPSHOT_NEXT: &str = "snapshot.next";
 const LOCK_FILE: &str = "LOCK";
 const SEGMENT_EXT: &str = "seg";
 
@@ -204,11 +206,13 @@ impl LogStore {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
-        let tmp = dir.join(SNAPSHOT_TMP);
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&tmp, e)),
+        for stale in [SNAPSHOT_TMP, SNAPSHOT_NEXT] {
+            let tmp = dir.join(stale);
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&tmp, e)),
+            }
         }
         let snapshot = read_snapshot_file(&dir.join(SNAPSHOT_FILE))?;
 
@@ -658,13 +662,36 @@ impl LogStore {
 
     /// Takes a snapshot at `index` (which must be applied, so committed and
     /// durable) with the state machine's `data`, and drops the log up to it:
-    /// whole segments below it are deleted.
+    /// whole segments below it are deleted. The same as
+    /// [`LogStore::prepare_compact`], [`PendingCompact::write`] and
+    /// [`LogStore::finish_compact`] in a row.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] if `index` is not in the log or beyond the
     /// commit index; I/O errors.
     pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<()> {
+        let pending = self.prepare_compact(index)?;
+        match pending.write(data) {
+            Ok(written) => self.finish_compact(written).map(drop),
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The first step of a compaction at `index` (which must be applied, so
+    /// committed and durable): its metadata. The snapshot file is then
+    /// written by [`PendingCompact::write`], which may run on another thread
+    /// since it does not touch the store, and installed by
+    /// [`LogStore::finish_compact`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `index` is not in the log or beyond the
+    /// commit index; [`Error::Poisoned`].
+    pub fn prepare_compact(&self, index: u64) -> Result<PendingCompact> {
         self.check()?;
         if index < self.first() || index > self.last() || index > self.hard_state.commit {
             return Err(Error::InvalidArgument(format!(
@@ -684,10 +711,39 @@ impl LogStore {
             ..Default::default()
         };
         meta.set_conf_state(self.conf_state_at(index));
-        let mut snap = Snapshot::default();
-        snap.set_metadata(meta.clone());
-        snap.data = data.into();
-        if let Err(e) = write_snapshot_file(&self.dir, &snap, self.sync) {
+        Ok(PendingCompact {
+            dir: self.dir.clone(),
+            sync: self.sync,
+            meta,
+        })
+    }
+
+    /// Makes a snapshot written by [`PendingCompact::write`] the store's
+    /// snapshot and drops the log up to it; returns false (and deletes the
+    /// file) when a snapshot at least as recent was installed meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors (which poison the store).
+    pub fn finish_compact(&mut self, written: WrittenCompact) -> Result<bool> {
+        self.check()?;
+        let WrittenCompact { snap, tmp } = written;
+        let index = snap.get_metadata().index;
+        if index <= self.snapshot.get_metadata().index || index > self.last() {
+            let _ = fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        let dst = self.dir.join(SNAPSHOT_FILE);
+        let installed = fs::rename(&tmp, &dst)
+            .map_err(|e| Error::io(&dst, e))
+            .and_then(|()| {
+                if self.sync {
+                    sync_dir(&self.dir)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = installed {
             self.poisoned = true;
             return Err(e);
         }
@@ -695,9 +751,10 @@ impl LogStore {
         self.entries.drain(..n);
         self.conf_states.retain(|(i, _)| *i > index);
         self.conf_states
-            .insert(0, (index, meta.get_conf_state().clone()));
+            .insert(0, (index, snap.get_metadata().get_conf_state().clone()));
         self.snapshot = snap;
-        self.purge()
+        self.purge()?;
+        Ok(true)
     }
 
     /// Deletes the oldest segments while every index they mention is covered
@@ -740,17 +797,60 @@ fn read_snapshot_file(path: &Path) -> Result<Snapshot> {
     }
 }
 
+/// A compaction whose snapshot file is yet to be written; see
+/// [`LogStore::prepare_compact`].
+#[derive(Debug)]
+pub struct PendingCompact {
+    dir: PathBuf,
+    sync: bool,
+    meta: SnapshotMetadata,
+}
+
+/// A compaction's snapshot file, written and synced, not yet installed.
+#[derive(Debug)]
+pub struct WrittenCompact {
+    snap: Snapshot,
+    tmp: PathBuf,
+}
+
+impl PendingCompact {
+    /// The index the snapshot is taken at.
+    #[must_use]
+    pub fn index(&self) -> u64 {
+        self.meta.index
+    }
+
+    /// Writes (and syncs) the snapshot file holding `data`, beside the
+    /// installed one.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; the installed snapshot is untouched.
+    pub fn write(self, data: Vec<u8>) -> Result<WrittenCompact> {
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.meta);
+        snap.data = data.into();
+        let tmp = self.dir.join(SNAPSHOT_NEXT);
+        write_file(&tmp, &snap, self.sync)?;
+        Ok(WrittenCompact { snap, tmp })
+    }
+}
+
+fn write_file(path: &Path, snap: &Snapshot, sync: bool) -> Result<()> {
+    let mut buf = Vec::new();
+    record::encode(&mut buf, Kind::Snapshot, &encode_pb(snap)?);
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(&buf).map_err(|e| Error::io(path, e))?;
+    if sync {
+        f.sync_all().map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
 fn write_snapshot_file(dir: &Path, snap: &Snapshot, sync: bool) -> Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let dst = dir.join(SNAPSHOT_FILE);
-    let mut buf = Vec::new();
-    record::encode(&mut buf, Kind::Snapshot, &encode_pb(snap)?);
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(&buf).map_err(|e| Error::io(&tmp, e))?;
-    if sync {
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
-    drop(f);
+    write_file(&tmp, snap, sync)?;
     fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
     if sync {
         sync_dir(dir)?;

@@ -23,6 +23,15 @@ pub struct Options {
     pub max_size_per_msg: u64,
     /// Maximum number of in-flight append messages per follower.
     pub max_inflight_msgs: usize,
+    /// Bytes of entries appended by this leader and not yet committed; more
+    /// proposals are dropped ([`Error::ProposalDropped`](crate::Error),
+    /// certainly not applied) until the backlog commits. At least one entry
+    /// is always let in. Must be at least `max_size_per_msg`.
+    pub max_uncommitted_bytes: u64,
+    /// Bytes of committed entries handed to the state machine in one
+    /// `Ready` (at least one entry), so that a backlog is applied in steps
+    /// between which the node keeps ticking and answering.
+    pub max_committed_bytes_per_ready: u64,
     /// At most this many requests are taken from the queue before a `Ready`
     /// is handled; they share the `Ready`'s one fsync.
     pub max_batch: usize,
@@ -43,6 +52,8 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_uncommitted_bytes: 128 << 20,
+            max_committed_bytes_per_ready: 32 << 20,
             max_batch: 1024,
             read_timeout: Duration::from_secs(3),
             sync: true,
@@ -75,6 +86,12 @@ impl Options {
         }
         if self.max_inflight_msgs == 0 {
             return bad("max_inflight_msgs must be positive");
+        }
+        if self.max_uncommitted_bytes < self.max_size_per_msg {
+            return bad("max_uncommitted_bytes must be at least max_size_per_msg");
+        }
+        if self.max_committed_bytes_per_ready == 0 {
+            return bad("max_committed_bytes_per_ready must be positive");
         }
         if self.max_batch == 0 {
             return bad("max_batch must be positive");

@@ -5,6 +5,10 @@ use raft::eraftpb::Message;
 
 use crate::error::BoxError;
 
+/// The slow part of a snapshot, run off the driver thread; see
+/// [`StateMachine::begin_snapshot`].
+pub type SnapshotJob = Box<dyn FnOnce() -> Result<Vec<u8>, BoxError> + Send>;
+
 /// The replicated state machine.
 ///
 /// The driver calls it from its own thread only, in log order.
@@ -34,6 +38,21 @@ pub trait StateMachine: Send + 'static {
     ///
     /// An error stops the node.
     fn snapshot(&mut self) -> Result<Vec<u8>, BoxError>;
+
+    /// Starts a snapshot of the state at [`StateMachine::applied_index`]:
+    /// what must see exactly that state happens in this call, on the driver
+    /// thread; the returned job, which may be slow (say, packing files),
+    /// runs on a thread of its own while the driver goes on applying, and
+    /// yields the same bytes [`StateMachine::snapshot`] would have. The
+    /// default does the whole snapshot here.
+    ///
+    /// # Errors
+    ///
+    /// An error here or from the job stops the node.
+    fn begin_snapshot(&mut self) -> Result<SnapshotJob, BoxError> {
+        let data = self.snapshot()?;
+        Ok(Box::new(move || Ok(data)))
+    }
 
     /// Replaces the whole state with `data` (made by [`StateMachine::snapshot`]
     /// at `index`), atomically: after a crash either the old state or the new

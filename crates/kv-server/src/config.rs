@@ -39,6 +39,10 @@ pub struct Config {
     pub max_snapshot_bytes: usize,
     /// A snapshot transfer that received no chunk for this long is dropped.
     pub snapshot_idle_timeout: Duration,
+    /// Bounds of the write path (admission control, entry size). Its
+    /// `max_entry_bytes` is lowered, if need be, to leave room in a
+    /// `net.max_frame_length` frame.
+    pub writes: crate::proposer::WriteLimits,
 }
 
 impl Config {
@@ -59,6 +63,9 @@ impl Config {
             cluster_token: None,
             max_snapshot_bytes: 1 << 30,
             snapshot_idle_timeout: Duration::from_secs(30),
+            writes: crate::proposer::WriteLimits::for_frame_length(
+                kv_net::DEFAULT_MAX_FRAME_LENGTH,
+            ),
         }
     }
 

@@ -15,7 +15,10 @@
 //! - [`config`]: [`Config`] and the persisted membership file.
 //! - [`transport`]: raft messages over kv-net peer links; snapshots in chunks,
 //!   reassembled within bounds; the checks a received raft message passes.
-//! - [`proposer`]: groups concurrent client writes into one raft entry.
+//! - [`proposer`]: groups concurrent client writes into one raft entry, no
+//!   larger than a peer frame allows, and refuses writes beyond the node's
+//!   budget ([`proposer::WriteLimits`]) with a definite UNAVAILABLE before
+//!   proposing them.
 //! - [`service`]: [`KvService`], kv-net's `Service`: client requests and peer
 //!   traffic.
 //! - [`server`]: [`Server`] / [`run`]: one node, from data directory to

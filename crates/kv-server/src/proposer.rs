@@ -1,30 +1,90 @@
-//! Groups concurrent client writes into one raft proposal.
+//! Groups concurrent client writes into one raft proposal, and refuses
+//! writes the node cannot commit in time.
 //!
-//! At most [`MAX_IN_FLIGHT`] proposals are outstanding; writes that arrive
-//! meanwhile queue up and go out together, as one [`Op::Multi`] log entry,
-//! as soon as a slot frees. Under light load every write is proposed at
-//! once on its own; under heavy load the entries (and the engine batches and
-//! raft messages they cause) grow instead of multiplying.
+//! At most [`WriteLimits::max_in_flight`] proposals are outstanding; writes
+//! that arrive meanwhile queue up and go out together, as one [`Op::Multi`]
+//! log entry, as soon as a slot frees. Under light load every write is
+//! proposed at once on its own; under heavy load the entries (and the engine
+//! batches and raft messages they cause) grow instead of multiplying.
+//!
+//! Admission control: a node that accepts writes faster than it commits them
+//! only grows its queue until clients time out on writes that were already
+//! proposed, whose outcome they then cannot know. So the queue is bounded
+//! (in writes and in bytes, counted from submission until the reply) and a
+//! write that waited in it past [`WriteLimits::max_queue_wait`] is not
+//! proposed either; both are answered at once with a definite
+//! [`ProposeError::Overloaded`], which clients may retry after a pause.
+//!
+//! Size: a group never exceeds [`WriteLimits::max_entry_bytes`], so every
+//! raft entry (and the append message carrying it) fits in a peer frame; a
+//! single write larger than that is refused before anything is proposed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use kv_raft::Handle;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::command::{Command, Op, Outcome, now_ms};
 
-/// Proposals outstanding at once.
-pub const MAX_IN_FLIGHT: usize = 8;
 /// Most commands in one group.
 const MAX_GROUP: usize = 256;
-/// Most command bytes in one group (a bigger single command goes alone).
+/// Most command bytes in one group of several commands (a bigger single
+/// command goes alone).
 const MAX_GROUP_BYTES: usize = 1 << 20;
+/// Bytes a command's encoding takes besides its keys and values (header,
+/// tags, lengths, its place in a group), with room to spare.
+const COMMAND_OVERHEAD: usize = 64;
+/// Room in a peer frame for what surrounds one entry's data: the entry's
+/// and the raft message's fields, the `PeerMessage` and `Frame` around it.
+pub const ENTRY_FRAME_OVERHEAD: usize = 64 << 10;
+
+/// Bounds of the write path.
+#[derive(Debug, Clone)]
+pub struct WriteLimits {
+    /// Proposals (groups) outstanding at once.
+    pub max_in_flight: usize,
+    /// Writes accepted and not yet answered (queued or proposed); more are
+    /// refused as overloaded.
+    pub max_pending: usize,
+    /// Bytes of the writes accepted and not yet answered; more are refused
+    /// as overloaded (a single write is always let in when none is pending).
+    pub max_pending_bytes: usize,
+    /// A write that waited this long for its turn to be proposed is refused
+    /// as overloaded instead: proposing it would leave too little of the
+    /// client's time for the commit.
+    pub max_queue_wait: Duration,
+    /// Largest encoded raft entry. Derive it from the peer frame limit with
+    /// [`WriteLimits::for_frame_length`].
+    pub max_entry_bytes: usize,
+}
+
+impl WriteLimits {
+    /// The defaults for peer frames of at most `max_frame_length` bytes.
+    #[must_use]
+    pub fn for_frame_length(max_frame_length: usize) -> WriteLimits {
+        WriteLimits {
+            max_in_flight: 8,
+            max_pending: 8192,
+            max_pending_bytes: 128 << 20,
+            max_queue_wait: Duration::from_secs(1),
+            max_entry_bytes: max_frame_length.saturating_sub(ENTRY_FRAME_OVERHEAD),
+        }
+    }
+}
 
 /// Why a proposal failed, as the client must hear it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProposeError {
     /// This node is not the leader (the leader's id, if known): not applied.
     NotLeader(Option<u64>),
+    /// Refused before proposing because the node is over its write budget:
+    /// not applied; worth retrying after a pause.
+    Overloaded(String),
+    /// The write can never be proposed (too large): not applied.
+    Invalid(String),
     /// Certainly not applied.
     Definite(String),
     /// May or may not be applied.
@@ -43,20 +103,91 @@ impl From<kv_raft::Error> for ProposeError {
 
 type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
 
+/// What the pending writes hold of the budget.
+#[derive(Debug, Default)]
+struct Budget {
+    writes: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// One write's share of the budget, returned when dropped (after its reply).
+#[derive(Debug)]
+struct Share {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.writes.fetch_sub(1, Ordering::Relaxed);
+        self.budget.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A write waiting for its turn.
+#[derive(Debug)]
+struct Queued {
+    cmd: Command,
+    reply: Reply,
+    size: usize,
+    since: Instant,
+    share: Share,
+}
+
 /// The submitting side; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<(Command, Reply)>,
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Budget>,
+    limits: Arc<WriteLimits>,
 }
 
 impl Proposer {
     /// Starts the grouping task for `handle`. Must be called within a tokio
     /// runtime; the task ends when every `Proposer` clone is dropped.
     #[must_use]
-    pub fn start(handle: Handle) -> Proposer {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(handle, rx));
-        Proposer { tx }
+    pub fn start(handle: Handle, limits: WriteLimits) -> Proposer {
+        let limits = Arc::new(WriteLimits {
+            max_in_flight: limits.max_in_flight.max(1),
+            max_pending: limits.max_pending.max(1),
+            ..limits
+        });
+        // Admission keeps the queue below `max_pending`; the channel bound
+        // is only a backstop.
+        let (tx, rx) = mpsc::channel(limits.max_pending);
+        tokio::spawn(run(handle, rx, limits.clone()));
+        Proposer {
+            tx,
+            budget: Arc::default(),
+            limits,
+        }
+    }
+
+    /// Writes accepted and not yet answered.
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.budget.writes.load(Ordering::Relaxed)
+    }
+
+    /// Takes a share of the budget for a write of `size` bytes.
+    fn admit(&self, size: usize) -> Result<Share, ProposeError> {
+        let writes = self.budget.writes.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.budget.bytes.fetch_add(size, Ordering::Relaxed);
+        let share = Share {
+            budget: self.budget.clone(),
+            bytes: size,
+        };
+        if writes >= self.limits.max_pending {
+            return Err(ProposeError::Overloaded(format!(
+                "overloaded: {writes} writes pending"
+            )));
+        }
+        if writes > 0 && bytes + size > self.limits.max_pending_bytes {
+            return Err(ProposeError::Overloaded(format!(
+                "overloaded: {bytes} bytes of writes pending"
+            )));
+        }
+        Ok(share)
     }
 
     /// Proposes `cmd` (possibly grouped with others) and waits until it is
@@ -65,31 +196,90 @@ impl Proposer {
     ///
     /// # Errors
     ///
-    /// [`ProposeError`].
+    /// [`ProposeError`]; [`ProposeError::Overloaded`] and
+    /// [`ProposeError::Invalid`] come before anything is proposed.
     pub async fn submit(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let size = cmd.approximate_size() + COMMAND_OVERHEAD;
+        if size > self.limits.max_entry_bytes {
+            return Err(ProposeError::Invalid(format!(
+                "write of about {size} bytes exceeds the largest replicable entry \
+                 ({} bytes)",
+                self.limits.max_entry_bytes
+            )));
+        }
+        let share = self.admit(size)?;
         let (tx, rx) = oneshot::channel();
-        if self.tx.send((cmd, tx)).is_err() {
-            return Err(ProposeError::Definite("node is shutting down".into()));
+        let queued = Queued {
+            cmd,
+            reply: tx,
+            size,
+            since: Instant::now(),
+            share,
+        };
+        match self.tx.try_send(queued) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(ProposeError::Overloaded(
+                    "overloaded: write queue full".into(),
+                ));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ProposeError::Definite("node is shutting down".into()));
+            }
         }
         rx.await
             .unwrap_or_else(|_| Err(ProposeError::Unknown("node stopped".into())))
     }
 }
 
-async fn run(handle: Handle, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+/// Whether a write waited too long in the queue to be proposed now.
+fn expired(q: &Queued, limits: &WriteLimits) -> bool {
+    q.since.elapsed() > limits.max_queue_wait
+}
+
+fn refuse(q: Queued) {
+    let waited = q.since.elapsed();
+    let _ = q.reply.send(Err(ProposeError::Overloaded(format!(
+        "overloaded: waited {} ms in the write queue",
+        waited.as_millis()
+    ))));
+}
+
+async fn run(handle: Handle, mut rx: mpsc::Receiver<Queued>, limits: Arc<WriteLimits>) {
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight));
+    let group_bytes = MAX_GROUP_BYTES.min(limits.max_entry_bytes);
+    let mut carry: Option<Queued> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = loop {
+            let next = match carry.take() {
+                Some(q) => q,
+                None => match rx.recv().await {
+                    Some(q) => q,
+                    None => return,
+                },
+            };
+            if expired(&next, &limits) {
+                refuse(next);
+            } else {
+                break next;
+            }
         };
-        let mut bytes = first.0.approximate_size();
+        let mut bytes = first.size;
         let mut group = vec![first];
-        while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+        while group.len() < MAX_GROUP {
             let Ok(next) = rx.try_recv() else { break };
-            bytes += next.0.approximate_size();
+            if expired(&next, &limits) {
+                refuse(next);
+                continue;
+            }
+            if bytes + next.size > group_bytes {
+                carry = Some(next);
+                break;
+            }
+            bytes += next.size;
             group.push(next);
         }
         let handle = handle.clone();
@@ -100,21 +290,26 @@ async fn run(handle: Handle, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) 
     }
 }
 
-async fn propose(handle: &Handle, mut group: Vec<(Command, Reply)>) {
+async fn propose(handle: &Handle, mut group: Vec<Queued>) {
     if group.len() == 1 {
-        let Some((cmd, reply)) = group.pop() else {
+        let Some(q) = group.pop() else {
             return;
         };
-        let result = match handle.propose(cmd.encode()).await {
+        let result = match handle.propose(q.cmd.encode()).await {
             Ok(bytes) => Outcome::decode(&bytes)
                 .map_err(|e| ProposeError::Unknown(format!("undecodable result: {e}"))),
             Err(e) => Err(e.into()),
         };
-        let _ = reply.send(result);
+        let _ = q.reply.send(result);
         return;
     }
-    let (cmds, replies): (Vec<Command>, Vec<Reply>) = group.into_iter().unzip();
-    let n = cmds.len();
+    let n = group.len();
+    let mut cmds = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
+    for q in group {
+        cmds.push(q.cmd);
+        replies.push((q.reply, q.share));
+    }
     let multi = Command {
         client_id: 0,
         seq: 0,
@@ -134,12 +329,12 @@ async fn propose(handle: &Handle, mut group: Vec<(Command, Reply)>) {
     };
     match outcomes {
         Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            for ((reply, _share), outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(Ok(outcome));
             }
         }
         Err(e) => {
-            for reply in replies {
+            for (reply, _share) in replies {
                 let _ = reply.send(Err(e.clone()));
             }
         }

@@ -90,6 +90,19 @@ fn check_key(key: &Bytes) -> Result<(), Response> {
     }
 }
 
+/// The configured write limits, with entries small enough for a peer frame.
+fn write_limits(config: &crate::Config) -> crate::proposer::WriteLimits {
+    let room = config
+        .net
+        .max_frame_length
+        .saturating_sub(crate::proposer::ENTRY_FRAME_OVERHEAD)
+        .max(1);
+    crate::proposer::WriteLimits {
+        max_entry_bytes: config.writes.max_entry_bytes.clamp(1, room),
+        ..config.writes.clone()
+    }
+}
+
 impl KvService {
     /// A service for node `id` over its raft `handle` and `store`. Must be
     /// called within a tokio runtime.
@@ -115,7 +128,7 @@ impl KvService {
                 max_bytes: config.max_snapshot_bytes,
                 idle_timeout: config.snapshot_idle_timeout,
             }),
-            proposer: Proposer::start(handle.clone()),
+            proposer: Proposer::start(handle.clone(), write_limits(config)),
         }
     }
 
@@ -183,6 +196,14 @@ impl KvService {
         let outcome = match tokio::time::timeout(self.request_timeout, submitted).await {
             Err(_) => return Err(timeout_response(true)),
             Ok(Err(ProposeError::NotLeader(leader))) => return Err(self.not_leader(leader)),
+            Ok(Err(ProposeError::Overloaded(m))) => {
+                return Err(error_response(
+                    0,
+                    ErrorCode::UNAVAILABLE,
+                    format!("not applied: {m}"),
+                ));
+            }
+            Ok(Err(ProposeError::Invalid(m))) => return Err(invalid(m)),
             Ok(Err(ProposeError::Definite(m))) => {
                 return Err(error_response(
                     0,

@@ -301,6 +301,12 @@ impl StateMachine for KvStateMachine {
         Ok(self.store.checkpoint()?)
     }
 
+    fn begin_snapshot(&mut self) -> Result<kv_raft::SnapshotJob, BoxError> {
+        // Packing reads the whole database: off the raft thread.
+        let pack = self.store.begin_checkpoint()?;
+        Ok(Box::new(move || Ok(pack()?)))
+    }
+
     fn restore(&mut self, index: u64, term: u64, data: &[u8]) -> Result<(), BoxError> {
         self.store.restore(data)?;
         let generation = self.store.current();

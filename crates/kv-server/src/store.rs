@@ -161,16 +161,30 @@ impl Store {
     ///
     /// Engine and I/O errors.
     pub fn checkpoint(&self) -> Result<Vec<u8>> {
+        self.begin_checkpoint()?()
+    }
+
+    /// [`Store::checkpoint`] in two steps: the consistent copy is taken now
+    /// (a flush and hard links); the returned function packs it into the
+    /// archive, and may run on another thread, while the database goes on
+    /// changing. One checkpoint at a time.
+    ///
+    /// # Errors
+    ///
+    /// Engine and I/O errors, now or from the returned function.
+    pub fn begin_checkpoint(&self) -> Result<impl FnOnce() -> Result<Vec<u8>> + Send + 'static> {
         let tmp = self.root.join(SNAP_TMP);
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).ctx(&tmp)?;
         }
         self.current().db().checkpoint(&tmp)?;
-        let packed = archive::pack(&tmp);
-        let removed = std::fs::remove_dir_all(&tmp).ctx(&tmp);
-        let packed = packed?;
-        removed?;
-        Ok(packed)
+        Ok(move || {
+            let packed = archive::pack(&tmp);
+            let removed = std::fs::remove_dir_all(&tmp).ctx(&tmp);
+            let packed = packed?;
+            removed?;
+            Ok(packed)
+        })
     }
 
     /// Replaces the database with the one in `archive` (see the module doc).

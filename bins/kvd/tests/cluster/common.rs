@@ -28,8 +28,11 @@ pub fn serial() -> Serial {
     )
 }
 
+/// The `kvd` under test: `$KVD_BIN` if set (to run these tests against
+/// another build), else the one cargo built.
 pub fn kvd_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kvd"))
+    std::env::var_os("KVD_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kvd")), PathBuf::from)
 }
 
 /// `kvctl` next to `kvd` in the target directory; built on demand.

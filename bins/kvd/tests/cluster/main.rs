@@ -4,6 +4,7 @@
 
 mod adversarial_peers;
 mod bad_frames;
+mod big_writes;
 mod cas_counter;
 mod client_api;
 mod cluster_id;
@@ -11,9 +12,11 @@ mod common;
 mod fail_stop;
 mod failover;
 mod kvctl_commands;
+mod overload;
 mod partition;
 mod peer_wire;
 mod restart;
 mod snapshot_catch_up;
 mod startup_errors;
+mod startup_signal;
 mod stray_peer_frame;
