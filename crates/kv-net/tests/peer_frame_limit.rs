@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{MemKv, Server, bounded};
+use common::{MemKv, Server, bounded, identity};
 use kv_net::proto::PeerMessage;
 use kv_net::{Options, PeerSender};
 use tokio::sync::mpsc;
@@ -38,9 +38,15 @@ async fn batches_are_split_to_fit_the_frame_limit() {
         });
         let server = Server::start(service, options()).await;
         let (report_tx, mut unreachable) = mpsc::unbounded_channel();
-        let link = PeerSender::spawn(1, 2, server.addr.to_string(), &options(), move |p| {
-            let _ = report_tx.send(p);
-        })
+        let link = PeerSender::spawn(
+            identity(1),
+            2,
+            server.addr.to_string(),
+            &options(),
+            move |p| {
+                let _ = report_tx.send(p);
+            },
+        )
         .unwrap();
 
         // Forty 20 KiB messages queued at once: over twelve frames' worth,
