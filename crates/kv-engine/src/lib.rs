@@ -19,7 +19,8 @@
 //!
 //! # Layout
 //!
-//! - `wal`: write-ahead log segments of checksummed commit groups (one per group commit) of CRC-checked records;
+//! - `wal`: write-ahead log segments of checksummed commit groups (one per
+//!   group commit) of CRC-checked records, and their replay (`wal::replay`);
 //!   segments are reserved ahead with `fallocate` and written through a
 //!   mapping, and an unwritten (zero) tail ends a segment.
 //! - `memtable`: the in-memory sorted buffer (crossbeam-skiplist whose keys
