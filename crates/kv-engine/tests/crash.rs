@@ -9,11 +9,13 @@
 
 mod common;
 
+use common::ChildGuard;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kv_engine::{Db, Options, SyncMode, WriteBatch};
@@ -187,23 +189,6 @@ fn crash_child_main() {
 }
 
 // --------------------------------------------------------------- parent side
-
-/// Kills (SIGKILL, by PID) and reaps the child however the parent leaves scope.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.0.take()?;
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill_and_reap();
-    }
-}
 
 fn read_log(path: &Path) -> Vec<LoggedOp> {
     let text = fs::read_to_string(path).unwrap_or_default();

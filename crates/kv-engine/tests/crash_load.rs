@@ -14,11 +14,15 @@
 //! (`SyncMode::Always` and `SyncMode::Never`) run each seed.
 #![cfg(unix)]
 
+mod common;
+
+use common::ChildGuard;
+
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -237,23 +241,6 @@ fn crash_load_child_main() {
 }
 
 // --------------------------------------------------------------- parent side
-
-/// Kills (SIGKILL, by PID) and reaps the child however the parent leaves scope.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.0.take()?;
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill_and_reap();
-    }
-}
 
 /// What the store must hold for one key: the op that last wrote it
 /// (`(w, iter, n)`) or `None` when absent.

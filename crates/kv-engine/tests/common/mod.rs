@@ -256,3 +256,22 @@ pub fn for_each_parallel<T: Sync>(items: &[T], workers: usize, f: impl Fn(usize,
         }
     });
 }
+
+/// Kills (SIGKILL, by PID) and reaps a child process however the test
+/// leaves scope.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Kills and reaps the child, once; its exit status.
+    pub fn kill_and_reap(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
