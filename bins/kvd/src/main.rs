@@ -60,6 +60,15 @@ struct Args {
     /// is refused as overloaded.
     #[arg(long, hide = true)]
     max_write_queue_wait_ms: Option<u64>,
+    /// Connections served at once; clients over it are refused.
+    #[arg(long, hide = true)]
+    max_connections: Option<usize>,
+    /// Milliseconds a new connection has to send its first frame.
+    #[arg(long, hide = true)]
+    handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a frame may take from its first byte to its last.
+    #[arg(long, hide = true)]
+    frame_timeout_ms: Option<u64>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -87,8 +96,53 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(ms) = args.max_write_queue_wait_ms {
         config.writes.max_queue_wait = std::time::Duration::from_millis(ms);
     }
+    if let Some(n) = args.max_connections {
+        config.net.max_connections = Some(n);
+    }
+    if let Some(ms) = args.handshake_timeout_ms {
+        config.net.handshake_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.frame_timeout_ms {
+        config.net.frame_timeout = std::time::Duration::from_millis(ms);
+    }
+    fit_connection_limit(&mut config);
     config.validate()?;
     Ok(config)
+}
+
+/// File descriptors kept for everything but client connections: the
+/// engine's tables and logs, the raft log, peer links.
+const RESERVED_FDS: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard limit, and lowers the
+/// connection limit to what the file limit leaves room for (a node out of
+/// descriptors could not open its own files).
+fn fit_connection_limit(config: &mut Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = getrlimit(Resource::Nofile),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let Some(files) = limit.current else { return };
+    let room = usize::try_from(files.saturating_sub(RESERVED_FDS).max(64)).unwrap_or(usize::MAX);
+    if let Some(wanted) = config.net.max_connections
+        && wanted > room
+    {
+        tracing::warn!(
+            wanted,
+            allowed = room,
+            open_file_limit = files,
+            "connection limit lowered to fit the open-file limit"
+        );
+        config.net.max_connections = Some(room);
+    }
 }
 
 /// Set by a SIGTERM or SIGINT that arrives before the runtime's handlers

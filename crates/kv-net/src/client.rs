@@ -96,6 +96,13 @@ impl ClientConn {
         let shared = Arc::new(Shared::default());
         let (reader, writer) = conn.into_split();
         let (outgoing, rx) = mpsc::unbounded_channel();
+        // Introduce the connection as a client's at once, so that the
+        // server's handshake timeout never closes it while it is idle.
+        let mut hello = crate::proto::Hello::new();
+        hello.protocol_version = crate::PROTOCOL_VERSION;
+        let mut frame = Frame::new();
+        frame.set_hello(hello);
+        let _ = outgoing.send((0, frame));
         let reader = tokio::spawn(read_responses(reader, shared.clone())).abort_handle();
         let writer = tokio::spawn(write_requests(writer, rx, shared.clone())).abort_handle();
         ClientConn {

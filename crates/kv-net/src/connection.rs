@@ -7,14 +7,20 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures_util::SinkExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, FramedWrite};
 
 use crate::error::{Error, Result};
-use crate::frame::FrameCodec;
+use crate::frame::{FrameCodec, HEADER_LEN};
 use crate::options::Options;
 use crate::proto::Frame;
 
@@ -35,11 +41,14 @@ impl Connection {
         }
         let (read, write) = stream.into_split();
         Connection {
-            reader: FrameReader {
-                inner: FramedRead::new(read, FrameCodec::new(options.max_frame_length)),
-            },
+            reader: FrameReader::new(read, options),
             writer: FrameWriter {
-                inner: FramedWrite::new(write, FrameCodec::new(options.max_frame_length)),
+                inner: {
+                    let mut w = FramedWrite::new(write, FrameCodec::new(options.max_frame_length));
+                    // Allocated when the first frame is written.
+                    *w.write_buffer_mut() = BytesMut::new();
+                    w
+                },
             },
         }
     }
@@ -67,7 +76,7 @@ impl Connection {
     ///
     /// [`Error::Io`] when the socket no longer has one.
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        Ok(self.reader.inner.get_ref().peer_addr()?)
+        Ok(self.reader.stream.peer_addr()?)
     }
 
     /// See [`FrameReader::read_frame`].
@@ -96,23 +105,154 @@ impl Connection {
 }
 
 /// The reading half of a [`Connection`].
+///
+/// Reads into a buffer that is allocated only once the socket has data, so
+/// an idle connection holds no read buffer, and is given back after a large
+/// frame. A frame whose first bytes have arrived must be complete within
+/// [`Options::frame_timeout`] (a peer trickling a frame byte by byte is cut
+/// off); a large frame's body is buffered only once it holds its share of
+/// the receive budget, if one is set ([`FrameReader::set_receive_budget`]).
 #[derive(Debug)]
 pub struct FrameReader {
-    inner: FramedRead<OwnedReadHalf, FrameCodec>,
+    stream: OwnedReadHalf,
+    codec: FrameCodec,
+    buf: BytesMut,
+    frame_timeout: Duration,
+    /// When the first bytes of the frame being received arrived.
+    frame_started: Option<Instant>,
+    budget: Option<Arc<Semaphore>>,
+    /// The budget held for the frame being received.
+    held: Option<OwnedSemaphorePermit>,
 }
 
+/// Bytes read from the socket at a time (at least).
+const READ_CHUNK: usize = 8 << 10;
+/// Frames up to this size take nothing from the receive budget: what they
+/// hold is bounded by the connection limit times this.
+pub const BUDGET_FREE_FRAME: usize = 64 << 10;
+/// Unit of the receive budget's permits.
+pub const BUDGET_UNIT: usize = 1 << 10;
+
 impl FrameReader {
+    fn new(stream: OwnedReadHalf, options: &Options) -> Self {
+        FrameReader {
+            stream,
+            codec: FrameCodec::new(options.max_frame_length),
+            buf: BytesMut::new(),
+            frame_timeout: options.frame_timeout,
+            frame_started: None,
+            budget: None,
+            held: None,
+        }
+    }
+
+    /// Shares `budget` (permits of [`BUDGET_UNIT`] bytes) among the readers
+    /// of many connections: a frame larger than [`BUDGET_FREE_FRAME`] waits
+    /// for its share before its body is buffered, and returns it once
+    /// decoded.
+    pub fn set_receive_budget(&mut self, budget: Arc<Semaphore>) {
+        self.budget = Some(budget);
+    }
+
+    /// True when part of a frame has been received.
+    #[must_use]
+    pub fn in_frame(&self) -> bool {
+        !self.buf.is_empty() || self.codec.in_frame()
+    }
+
     /// Reads the next frame; `Ok(None)` when the peer closed the connection
-    /// between frames.
+    /// between frames. Cancel-safe: a partly received frame is kept for the
+    /// next call.
     ///
     /// # Errors
     ///
     /// [`Error::FrameTooLarge`] (checked from the length prefix, before the
     /// frame is buffered), [`Error::Decode`] for a malformed frame,
-    /// [`Error::Io`] for a socket error or a connection closed mid-frame.
-    /// After an error the connection must be dropped.
+    /// [`Error::Timeout`] when a begun frame is not complete within the frame
+    /// timeout, [`Error::Io`] for a socket error or a connection closed
+    /// mid-frame. After an error the connection must be dropped.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
-        self.inner.next().await.transpose()
+        loop {
+            self.take_budget().await?;
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                self.held = None;
+                self.frame_started = (!self.buf.is_empty()).then(Instant::now);
+                if self.buf.is_empty() {
+                    // Whatever capacity is left is shared with the frame's
+                    // bytes; an idle connection keeps none of it.
+                    self.buf = BytesMut::new();
+                }
+                return Ok(Some(frame));
+            }
+            if self.fill().await? == 0 {
+                return self.codec.decode_eof(&mut self.buf);
+            }
+        }
+    }
+
+    /// Waits for the budget share of the frame whose header is buffered.
+    async fn take_budget(&mut self) -> Result<()> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        if self.held.is_some() || self.codec.in_frame() {
+            return Ok(());
+        }
+        let Some(header) = self.buf.get(..HEADER_LEN) else {
+            return Ok(());
+        };
+        let mut len = [0u8; HEADER_LEN];
+        len.copy_from_slice(header);
+        let len = u32::from_be_bytes(len) as usize;
+        if len <= BUDGET_FREE_FRAME || len > self.codec.max_frame_length() {
+            // Small, or refused by the codec without being buffered.
+            return Ok(());
+        }
+        let units = u32::try_from(len.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+        let acquire = budget.clone().acquire_many_owned(units);
+        let permit = match self.deadline() {
+            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
+                .await
+                .map_err(|_| self.timed_out())?,
+            None => acquire.await,
+        };
+        // The semaphore is never closed; a failure would mean no budget at all.
+        self.held = Some(permit.map_err(|_| Error::Protocol("receive budget closed".into()))?);
+        Ok(())
+    }
+
+    /// Reads more bytes; 0 at end of stream.
+    async fn fill(&mut self) -> Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            if self.buf.is_empty() {
+                // Idle connections hold no buffer until data comes.
+                self.stream.readable().await?;
+            }
+            self.buf.reserve(READ_CHUNK);
+        }
+        let n = match self.deadline() {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| self.timed_out())??
+            }
+            None => self.stream.read_buf(&mut self.buf).await?,
+        };
+        if n > 0 && self.frame_started.is_none() {
+            self.frame_started = Some(Instant::now());
+        }
+        Ok(n)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.frame_started.map(|t| t + self.frame_timeout)
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout(format!(
+            "frame not received within {:?} of its first bytes",
+            self.frame_timeout
+        ))
     }
 }
 
@@ -148,7 +288,13 @@ impl FrameWriter {
     ///
     /// [`Error::Io`] on a socket error.
     pub async fn flush(&mut self) -> Result<()> {
-        SinkExt::<Frame>::flush(&mut self.inner).await
+        SinkExt::<Frame>::flush(&mut self.inner).await?;
+        // An idle connection holds no write buffer.
+        let buf = self.inner.write_buffer_mut();
+        if buf.is_empty() && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// Flushes, then shuts down the sending direction (the peer reads EOF).

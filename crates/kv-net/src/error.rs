@@ -66,6 +66,11 @@ pub enum Error {
     #[error("connection lost after send: {0}")]
     ConnectionLost(String),
 
+    /// The other side took too long: a frame begun but not completed within
+    /// the frame timeout, or no first frame within the handshake timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
     /// Another I/O failure on an established connection.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),

@@ -47,6 +47,13 @@ impl FrameCodec {
     pub fn max_frame_length(&self) -> usize {
         self.max_frame_length
     }
+
+    /// True while a frame's header has been consumed and its body is
+    /// awaited.
+    #[must_use]
+    pub fn in_frame(&self) -> bool {
+        self.in_body
+    }
 }
 
 impl Decoder for FrameCodec {

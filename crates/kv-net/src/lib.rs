@@ -70,7 +70,7 @@ pub use client::ClientConn;
 pub use connection::{Connection, FrameReader, FrameWriter};
 pub use error::{Error, Result};
 pub use frame::FrameCodec;
-pub use options::{DEFAULT_MAX_FRAME_LENGTH, Options};
+pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options};
 pub use peer::{PeerIdentity, PeerSender, send_snapshot};
 pub use server::{Listener, Service};
 

@@ -12,9 +12,24 @@ pub const DEFAULT_MAX_FRAME_LENGTH: usize = 16 << 20;
 pub struct Options {
     /// Largest frame accepted or sent, length prefix excluded.
     pub max_frame_length: usize,
-    /// At most this many connections are served at once; further ones wait
-    /// in the kernel's accept queue. `None`: no limit.
+    /// At most this many connections are served at once. A connection over
+    /// the limit is accepted only to be told so: its first client request
+    /// is answered `UNAVAILABLE` ("too many connections", nothing applied)
+    /// and it is closed. A peer's handshake is still admitted over the limit
+    /// (up to [`OVERFLOW_CONNECTIONS`] connections over it), so a flood of
+    /// clients cannot cut a node off from its cluster. `None`: no limit.
     pub max_connections: Option<usize>,
+    /// A new connection must deliver its first whole frame within this
+    /// time, or it is closed (connections that send nothing, or trickle
+    /// their first frame).
+    pub handshake_timeout: Duration,
+    /// Once the first bytes of a frame arrive, the whole frame must within
+    /// this time, or the connection is closed (slowloris).
+    pub frame_timeout: Duration,
+    /// Bytes all connections of a listener may buffer at once for partly
+    /// received frames larger than 64 KiB; a connection whose frame does not
+    /// fit waits (is not read) until others complete theirs.
+    pub max_receive_buffer: usize,
     /// Requests of one connection being handled or waiting to be written;
     /// the connection is not read further while this many are pending.
     pub max_in_flight_per_connection: usize,
@@ -43,7 +58,10 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
-            max_connections: Some(4096),
+            max_connections: Some(16_384),
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+            max_receive_buffer: 1 << 30,
             max_in_flight_per_connection: 4096,
             shutdown_grace: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
@@ -56,6 +74,10 @@ impl Default for Options {
         }
     }
 }
+
+/// Connections a listener admits over [`Options::max_connections`]: those
+/// being told they are over it, and peers.
+pub const OVERFLOW_CONNECTIONS: usize = 64;
 
 /// Room for the fields of a `SnapshotChunk` besides its data, which includes
 /// a raft `MsgSnapshot` with its metadata (conf state) but without its data.
@@ -74,6 +96,12 @@ impl Options {
         }
         if self.max_connections == Some(0) {
             return bad("max_connections must be at least 1");
+        }
+        if self.handshake_timeout.is_zero() || self.frame_timeout.is_zero() {
+            return bad("handshake_timeout and frame_timeout must be positive");
+        }
+        if self.max_receive_buffer < self.max_frame_length {
+            return bad("max_receive_buffer must hold at least one frame of max_frame_length");
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be at least 1");

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{OVERFLOW_CONNECTIONS, Options};
 use crate::proto::{
     self, ErrorCode, Frame, Hello, PeerMessage, Request, Response, SnapshotChunk, frame,
 };
@@ -177,31 +177,45 @@ impl Listener {
             .options
             .max_connections
             .map(|n| Arc::new(Semaphore::new(n)));
+        let overflow = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
+        let budget = Arc::new(Semaphore::new(
+            self.options.max_receive_buffer / crate::connection::BUDGET_UNIT,
+        ));
+        let mut refusals = RefusalLog::default();
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let permit = match &limit {
-                Some(limit) => tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                    permit = limit.clone().acquire_owned() => match permit {
-                        Ok(permit) => Some(permit),
-                        Err(_) => break, // never closed
-                    },
-                },
-                None => None,
-            };
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 (stream, addr) = accept(&self.listener) => {
+                    let admission = match &limit {
+                        None => Some(Admission::Within { _permit: None }),
+                        Some(limit) => match limit.clone().try_acquire_owned() {
+                            Ok(permit) => Some(Admission::Within { _permit: Some(permit) }),
+                            Err(_) => overflow
+                                .clone()
+                                .try_acquire_owned()
+                                .ok()
+                                .map(|p| Admission::Over { _permit: p }),
+                        },
+                    };
+                    let Some(admission) = admission else {
+                        // Over the limit and its overflow: not even told.
+                        refusals.note(&self.options, addr);
+                        drop(stream);
+                        continue;
+                    };
+                    if matches!(admission, Admission::Over { .. }) {
+                        refusals.note(&self.options, addr);
+                    }
                     let handler = Handler {
                         service: service.clone(),
                         options: self.options.clone(),
                         shutdown: token.clone(),
-                        _permit: permit,
+                        budget: budget.clone(),
+                        admission,
                     };
                     connections.spawn(async move {
                         match handler.run(stream).await {
@@ -245,13 +259,51 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
+/// Logs connections refused for the connection limit, at most once per
+/// interval (a flood must not flood the log too).
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, options: &Options, addr: SocketAddr) {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Self::INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            limit = options.max_connections,
+            refused = self.since,
+            latest = %addr,
+            "connection limit reached: refusing client connections"
+        );
+        self.last = Some(std::time::Instant::now());
+        self.since = 0;
+    }
+}
+
+/// How a connection was let in; the permit returns when the handler ends.
+enum Admission {
+    /// Within the connection limit (or there is none).
+    Within {
+        _permit: Option<OwnedSemaphorePermit>,
+    },
+    /// Over the limit: a client is told so, a peer is served.
+    Over { _permit: OwnedSemaphorePermit },
+}
+
 /// Serves one connection.
 struct Handler<S> {
     service: Arc<S>,
     options: Arc<Options>,
     shutdown: CancellationToken,
-    /// Returned to the connection limit when the handler ends.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The listener's receive budget for large frames.
+    budget: Arc<Semaphore>,
+    admission: Admission,
 }
 
 /// What a connection has shown itself to be, which decides the frames it
@@ -287,6 +339,8 @@ type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
 impl<S: Service> Handler<S> {
     async fn run(self, stream: TcpStream) -> Result<()> {
         let (mut reader, writer) = Connection::new(stream, &self.options).into_split();
+        reader.set_receive_budget(self.budget.clone());
+        let over_limit = matches!(self.admission, Admission::Over { .. });
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let max_frame_length = self.options.max_frame_length;
         let mut writer = AbortOnDrop(tokio::spawn(write_responses(writer, rx, max_frame_length)));
@@ -306,11 +360,24 @@ impl<S: Service> Handler<S> {
                     Err(_) => break, // never closed
                 },
             };
+            // Until a connection has shown what it is (and, over the limit,
+            // for as long as it is not a peer) its next frame must come in
+            // time.
+            let timed =
+                speaker == Speaker::Unknown || (over_limit && !matches!(speaker, Speaker::Peer(_)));
             let frame = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 done = &mut writer.0 => return writer_ended(done),
-                frame = reader.read_frame() => frame?,
+                frame = read_within(&mut reader, timed.then_some(self.options.handshake_timeout)) => {
+                    match frame {
+                        Err(Error::Timeout(why)) if !reader.in_frame() => {
+                            tracing::debug!(%why, "closing a connection that sent nothing");
+                            return Ok(());
+                        }
+                        frame => frame?,
+                    }
+                }
             };
             // Reap finished request tasks so the set does not grow.
             while requests.try_join_next().is_some() {}
@@ -323,6 +390,21 @@ impl<S: Service> Handler<S> {
                         )));
                     }
                     speaker = Speaker::Client;
+                    if over_limit {
+                        let limit = self.options.max_connections.unwrap_or_default();
+                        let refusal = error_response(
+                            request.id,
+                            ErrorCode::UNAVAILABLE,
+                            format!(
+                                "too many connections: this node serves at most {limit} at once; \
+                                 nothing was applied, try again later"
+                            ),
+                        );
+                        let mut frame = Frame::new();
+                        frame.set_response(refusal);
+                        let _ = tx.send((frame, Some(permit)));
+                        break;
+                    }
                     let service = self.service.clone();
                     let tx = tx.clone();
                     requests.spawn(async move {
@@ -409,6 +491,23 @@ impl<S: Service> Handler<S> {
             .await
             .map_err(|e| Error::Protocol(format!("peer handshake of node {peer} refused: {e}")))?;
         Ok(Speaker::Peer(peer))
+    }
+}
+
+/// Reads a frame, within `wait` if given.
+async fn read_within(
+    reader: &mut crate::connection::FrameReader,
+    wait: Option<Duration>,
+) -> Result<Option<Frame>> {
+    match wait {
+        None => reader.read_frame().await,
+        Some(wait) => tokio::time::timeout(wait, reader.read_frame())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "no whole frame within the handshake timeout of {wait:?}"
+                )))
+            }),
     }
 }
 

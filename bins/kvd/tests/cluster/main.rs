@@ -9,6 +9,7 @@ mod cas_counter;
 mod client_api;
 mod cluster_id;
 mod common;
+mod connection_abuse;
 mod fail_stop;
 mod failover;
 mod kvctl_commands;
