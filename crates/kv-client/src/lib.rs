@@ -12,6 +12,12 @@
 //!   de-duplication ([`Options::dedup`] off) only attempts that certainly
 //!   did not apply are retried.
 //!
+//! A node that is over its write budget refuses (`UNAVAILABLE`, nothing
+//! applied); such refusals are retried with jittered backoff only while
+//! the client's retry budget lasts (`retry` module), so that a cluster
+//! under overload is not flooded with retries. Each attempt tells the node
+//! how long the client still waits, and the node answers within it.
+//!
 //! Every failure says whether the operation was certainly not applied
 //! ([`Error::is_definite`]) or may have been. [`Options::timeout`] bounds a
 //! whole operation: discovery, connects and retries included.
@@ -27,6 +33,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod retry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,6 +186,7 @@ struct Inner {
     leader: Mutex<Option<String>>,
     next_endpoint: AtomicU64,
     write_slots: Semaphore,
+    retry: retry::RetryThrottle,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,6 +222,7 @@ impl Client {
                 leader: Mutex::new(None),
                 next_endpoint: AtomicU64::new(0),
                 write_slots: Semaphore::new(MAX_WRITES_IN_FLIGHT),
+                retry: retry::RetryThrottle::default(),
             }),
         }
     }
@@ -526,7 +535,12 @@ impl Client {
                     pause = true;
                 }
                 Ok(Ok(conn)) => {
-                    let sent = tokio::time::timeout_at(deadline, conn.call(req.clone())).await;
+                    // The node answers within what is left of our time.
+                    let mut attempt = req.clone();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    attempt.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
+                    attempt.deadline_unix_ms = unix_ms_after(left);
+                    let sent = tokio::time::timeout_at(deadline, conn.call(attempt)).await;
                     match sent {
                         // The deadline passed with the request in flight.
                         Err(_) => {
@@ -559,6 +573,7 @@ impl Client {
                         }
                         Ok(Ok(resp)) => {
                             let Some(response::Result::Error(e)) = &resp.result else {
+                                self.inner.retry.succeeded();
                                 if !opts.serializable || write {
                                     self.set_leader(Some(target));
                                 }
@@ -583,7 +598,14 @@ impl Client {
                                     // Certainly not applied (e.g. the node
                                     // is overloaded): retried after a
                                     // pause, on the same node, which says
-                                    // so if it no longer leads.
+                                    // so if it no longer leads, while the
+                                    // retry budget lasts.
+                                    if !self.inner.retry.refused() {
+                                        return Err(Error::Unavailable {
+                                            message: last,
+                                            definite: !maybe_applied,
+                                        });
+                                    }
                                     unavailable = Some(last.clone());
                                     pause = true;
                                 }
@@ -611,7 +633,7 @@ impl Client {
                 }
             }
             if pause {
-                let wake = Instant::now() + backoff;
+                let wake = Instant::now() + retry::jittered(backoff);
                 if wake >= deadline
                     && let Some(message) = unavailable.take()
                 {
@@ -627,6 +649,16 @@ impl Client {
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, `after` from now (0 if the clock is
+/// before the epoch: no deadline by the clock).
+fn unix_ms_after(after: Duration) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| {
+            u64::try_from((now + after).as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn is_known(e: &proto::Error) -> bool {

@@ -14,6 +14,8 @@ use kv_net::{Listener, Service};
 struct Scripted {
     replies: Vec<Reply>,
     seen: Mutex<Vec<(u64, u64)>>,
+    /// `timeout_ms` of each request.
+    budgets: Mutex<Vec<u32>>,
 }
 
 #[derive(Clone)]
@@ -31,6 +33,7 @@ impl Service for Scripted {
             seen.push((request.client_id, request.seq));
             seen.len() - 1
         };
+        self.budgets.lock().unwrap().push(request.timeout_ms);
         let reply = self.replies[n.min(self.replies.len() - 1)].clone();
         match reply {
             Reply::Ok => {
@@ -61,6 +64,7 @@ async fn serve(replies: Vec<Reply>) -> (String, Arc<Scripted>) {
     let service = Arc::new(Scripted {
         replies,
         seen: Mutex::new(Vec::new()),
+        budgets: Mutex::new(Vec::new()),
     });
     let listener = Listener::bind("127.0.0.1:0", kv_net::Options::default())
         .await
@@ -166,4 +170,50 @@ async fn an_oversized_request_is_invalid_and_not_retried() {
     let e = c.put("k", vec![0u8; 17 << 20]).await.unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
     assert!(svc.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refusals_stop_being_retried_once_the_retry_budget_is_spent() {
+    let (addr, svc) = serve(vec![Reply::Unavailable]).await;
+    let c = client(vec![addr], true, 2000);
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let start = std::time::Instant::now();
+        let e = c.put(format!("k{i}"), "v").await.unwrap_err();
+        took.push(start.elapsed());
+        assert!(
+            matches!(&e, Error::Unavailable { definite: true, .. }),
+            "{e:?}"
+        );
+    }
+    let attempts = svc.seen.lock().unwrap().len();
+    // One attempt per put, and at most 4 retries in all (a budget of 10
+    // tokens, retrying while more than 5 are left).
+    assert!(
+        (10..=14).contains(&attempts),
+        "{attempts} attempts for 10 refused puts"
+    );
+    for t in &took[5..] {
+        assert!(
+            *t < Duration::from_millis(500),
+            "a refused put took {t:?} once the budget was spent: {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_attempt_tells_the_node_the_time_left() {
+    let (addr, svc) = serve(vec![Reply::UnknownTimeout, Reply::Ok]).await;
+    let c = client(vec![addr], true, 2000);
+    c.put("k", "v").await.unwrap();
+    let budgets = svc.budgets.lock().unwrap().clone();
+    assert_eq!(budgets.len(), 2);
+    assert!(
+        budgets[0] > 1000 && budgets[0] <= 2000,
+        "first attempt: {budgets:?}"
+    );
+    assert!(
+        budgets[1] > 0 && budgets[1] < budgets[0],
+        "a retry has less time left: {budgets:?}"
+    );
 }

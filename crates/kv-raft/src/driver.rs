@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -38,6 +38,10 @@ use crate::error::{Error, Result};
 use crate::log_store::{LogStore, WrittenCompact};
 use crate::options::Options;
 use crate::state_machine::{StateMachine, Transport};
+
+/// A `Ready` that takes this long to handle is logged: every request of the
+/// node waits for it.
+const SLOW_READY: Duration = Duration::from_millis(500);
 
 /// The role of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -717,8 +721,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if !self.raw.has_ready() {
             return Ok(());
         }
+        let started = Instant::now();
         let mut rd = self.raw.ready();
         let ss = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
+        let appended = rd.entries().len();
 
         if !rd.messages().is_empty() {
             self.transport.send(rd.take_messages());
@@ -737,6 +743,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.raw.mut_store().set_hard_state(hs)?;
         }
         self.raw.mut_store().sync()?;
+        let persisted = started.elapsed();
         if let Some(snap) = snapshot {
             self.restore(&snap)?;
         }
@@ -747,6 +754,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.read_ready(rs.index, &rs.request_ctx);
         }
         let committed = rd.take_committed_entries();
+        let mut applied = committed.len();
         self.apply(committed)?;
 
         let mut light = self.raw.advance(rd);
@@ -760,8 +768,19 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             self.transport.send(light.take_messages());
         }
         let committed = light.take_committed_entries();
+        applied += committed.len();
         self.apply(committed)?;
         self.raw.advance_apply();
+        let took = started.elapsed();
+        if took >= SLOW_READY {
+            tracing::warn!(
+                took_ms = took.as_millis(),
+                persist_ms = persisted.as_millis(),
+                appended,
+                applied,
+                "slow raft ready: requests wait for it"
+            );
+        }
 
         if let Some((leader, role)) = ss {
             self.on_soft_state(leader, role);

@@ -131,6 +131,8 @@ struct Queued {
     reply: Reply,
     size: usize,
     since: Instant,
+    /// When the client must have its answer.
+    deadline: Instant,
     share: Share,
 }
 
@@ -198,7 +200,7 @@ impl Proposer {
     ///
     /// [`ProposeError`]; [`ProposeError::Overloaded`] and
     /// [`ProposeError::Invalid`] come before anything is proposed.
-    pub async fn submit(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+    pub async fn submit(&self, cmd: Command, deadline: Instant) -> Result<Outcome, ProposeError> {
         let size = cmd.approximate_size() + COMMAND_OVERHEAD;
         if size > self.limits.max_entry_bytes {
             return Err(ProposeError::Invalid(format!(
@@ -214,6 +216,7 @@ impl Proposer {
             reply: tx,
             size,
             since: Instant::now(),
+            deadline,
             share,
         };
         match self.tx.try_send(queued) {
@@ -232,16 +235,24 @@ impl Proposer {
     }
 }
 
-/// Whether a write waited too long in the queue to be proposed now.
+/// Whether a write waited too long in the queue to be proposed now: past
+/// `max_queue_wait`, or past half of its client's time (the other half is
+/// the commit's: proposing later would likely end in a timeout whose
+/// outcome the client cannot know).
 fn expired(q: &Queued, limits: &WriteLimits) -> bool {
-    q.since.elapsed() > limits.max_queue_wait
+    let waited = q.since.elapsed();
+    let allowed = limits
+        .max_queue_wait
+        .min(q.deadline.saturating_duration_since(q.since) / 2);
+    waited > allowed
 }
 
 fn refuse(q: Queued) {
     let waited = q.since.elapsed();
     let _ = q.reply.send(Err(ProposeError::Overloaded(format!(
-        "overloaded: waited {} ms in the write queue",
-        waited.as_millis()
+        "overloaded: waited {} ms in the write queue, of {} ms left to answer",
+        waited.as_millis(),
+        q.deadline.saturating_duration_since(q.since).as_millis()
     ))));
 }
 

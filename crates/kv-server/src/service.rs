@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as TokioInstant;
+
 use bytes::Bytes;
 use kv_net::Service;
 use kv_net::proto::{
@@ -185,15 +187,51 @@ impl KvService {
         r
     }
 
-    async fn write(&self, client_id: u64, seq: u64, op: Op) -> Result<(), Response> {
+    /// When the answer to `request` is due: within the client's time
+    /// (`timeout_ms`, at most this node's request timeout), less a margin
+    /// for the answer's way back, so that the client hears how the request
+    /// ended rather than timing out itself.
+    ///
+    /// The time the request spent on its way here (in the client's queue,
+    /// in socket buffers, waiting to be read) counts too when the client
+    /// gave its deadline by the clock (`deadline_unix_ms`).
+    fn deadline_of(&self, request: &Request) -> TokioInstant {
+        let mut budget = match request.timeout_ms {
+            0 => self.request_timeout,
+            ms => Duration::from_millis(u64::from(ms)).min(self.request_timeout),
+        };
+        if request.deadline_unix_ms != 0 {
+            let left = request
+                .deadline_unix_ms
+                .saturating_sub(crate::command::now_ms());
+            budget = budget.min(Duration::from_millis(left));
+        }
+        let margin = (budget / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        TokioInstant::now() + budget.saturating_sub(margin)
+    }
+
+    async fn write(
+        &self,
+        client_id: u64,
+        seq: u64,
+        op: Op,
+        deadline: TokioInstant,
+    ) -> Result<(), Response> {
         let cmd = Command {
             client_id,
             seq,
             time_ms: crate::command::now_ms(),
             op,
         };
-        let submitted = self.proposer.submit(cmd);
-        let outcome = match tokio::time::timeout(self.request_timeout, submitted).await {
+        if deadline <= TokioInstant::now() {
+            return Err(error_response(
+                0,
+                ErrorCode::UNAVAILABLE,
+                "not applied: the client's deadline passed before the write could be proposed",
+            ));
+        }
+        let submitted = self.proposer.submit(cmd, deadline);
+        let outcome = match tokio::time::timeout_at(deadline, submitted).await {
             Err(_) => return Err(timeout_response(true)),
             Ok(Err(ProposeError::NotLeader(leader))) => return Err(self.not_leader(leader)),
             Ok(Err(ProposeError::Overloaded(m))) => {
@@ -246,20 +284,24 @@ impl KvService {
     }
 
     /// Waits until a linearizable read may be served locally.
-    async fn read_barrier(&self, serializable: bool) -> Result<(), Response> {
+    async fn read_barrier(
+        &self,
+        serializable: bool,
+        deadline: TokioInstant,
+    ) -> Result<(), Response> {
         if serializable {
             return Ok(());
         }
-        match tokio::time::timeout(self.request_timeout, self.handle.read_index()).await {
+        match tokio::time::timeout_at(deadline, self.handle.read_index()).await {
             Err(_) => Err(timeout_response(false)),
             Ok(Err(e)) => Err(raft_error(self, &e, false)),
             Ok(Ok(_)) => Ok(()),
         }
     }
 
-    async fn get(&self, g: proto::Get) -> Result<Response, Response> {
+    async fn get(&self, g: proto::Get, deadline: TokioInstant) -> Result<Response, Response> {
         check_key(&g.key)?;
-        self.read_barrier(g.serializable).await?;
+        self.read_barrier(g.serializable, deadline).await?;
         let value =
             get_user(self.store.current().db(), &g.key).map_err(|e| internal(e.to_string()))?;
         let mut r = GetResult::new();
@@ -272,8 +314,8 @@ impl KvService {
         Ok(resp)
     }
 
-    async fn range(&self, q: proto::Range) -> Result<Response, Response> {
-        self.read_barrier(q.serializable).await?;
+    async fn range(&self, q: proto::Range, deadline: TokioInstant) -> Result<Response, Response> {
+        self.read_barrier(q.serializable, deadline).await?;
         let mut lower = keys::user_key(&q.start);
         let prefixed = keys::user_key(&q.prefix);
         if prefixed > lower {
@@ -347,6 +389,7 @@ impl KvService {
 
     async fn serve(&self, request: Request) -> Result<Response, Response> {
         let (client_id, seq) = (request.client_id, request.seq);
+        let deadline = self.deadline_of(&request);
         let mut resp = Response::new();
         match request.cmd {
             Some(request::Cmd::Put(p)) => {
@@ -358,13 +401,14 @@ impl KvService {
                         key: p.key,
                         value: p.value,
                     },
+                    deadline,
                 )
                 .await?;
                 resp.set_put(PutResult::new());
             }
             Some(request::Cmd::Delete(d)) => {
                 check_key(&d.key)?;
-                self.write(client_id, seq, Op::Delete { key: d.key })
+                self.write(client_id, seq, Op::Delete { key: d.key }, deadline)
                     .await?;
                 resp.set_delete(DeleteResult::new());
             }
@@ -375,7 +419,7 @@ impl KvService {
                     expected: (!c.expect_absent).then_some(c.expected),
                     new: c.new_value,
                 };
-                self.write(client_id, seq, op).await?;
+                self.write(client_id, seq, op, deadline).await?;
                 resp.set_cas(CasResult::new());
             }
             Some(request::Cmd::Batch(b)) => {
@@ -396,11 +440,11 @@ impl KvService {
                         _ => return Err(invalid("batch operation without a kind")),
                     });
                 }
-                self.write(client_id, seq, Op::Batch(ops)).await?;
+                self.write(client_id, seq, Op::Batch(ops), deadline).await?;
                 resp.set_batch(BatchResult::new());
             }
-            Some(request::Cmd::Get(g)) => return self.get(g).await,
-            Some(request::Cmd::Range(q)) => return self.range(q).await,
+            Some(request::Cmd::Get(g)) => return self.get(g, deadline).await,
+            Some(request::Cmd::Range(q)) => return self.range(q, deadline).await,
             Some(request::Cmd::Status(_)) => return self.status().await,
             _ => return Err(invalid("unknown command")),
         }
