@@ -31,6 +31,14 @@ pub struct Params {
     pub rate: Option<f64>,
     /// Skip the get phase.
     pub puts_only: bool,
+    /// Keys begin with this.
+    pub prefix: &'static str,
+    /// With `rate`: the load of `etcdctl check perf` instead of an open
+    /// loop: operations are released at `rate`, each to a free client
+    /// (at most one in flight per client); when every client is busy the
+    /// release waits, and no missed release is made up later. Latency
+    /// counts from when a client starts the operation.
+    pub limited: bool,
 }
 
 /// How a failed operation ended.
@@ -125,16 +133,60 @@ fn shape(message: &str) -> String {
     out
 }
 
-struct Phase {
+/// One phase's measurements.
+pub struct Phase {
     name: &'static str,
-    elapsed: Duration,
+    /// How long the phase ran.
+    pub elapsed: Duration,
     tally: Tally,
 }
 
-fn key_of(i: usize, keys: usize, key_size: usize) -> String {
-    let n = i.wrapping_mul(7919) % keys;
-    let width = key_size.saturating_sub("bench/".len()).max(8);
-    format!("bench/{n:0width$}")
+impl Phase {
+    /// Successful operations.
+    pub fn ops(&self) -> u64 {
+        self.tally.hist.len()
+    }
+
+    /// Successful operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency of the slowest successful operation.
+    pub fn slowest_ok(&self) -> Duration {
+        Duration::from_micros(self.tally.hist.max())
+    }
+
+    /// Standard deviation of the successful operations' latency.
+    pub fn stddev(&self) -> Duration {
+        Duration::from_secs_f64(self.tally.hist.stdev() / 1e6)
+    }
+
+    /// Failed operations by error message (numbers blanked), with counts.
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .tally
+            .messages
+            .iter()
+            .map(|((kind, m), n)| (format!("{}: {m}", kind.name()), *n))
+            .collect();
+        let listed: u64 = out.iter().map(|(_, n)| n).sum();
+        if listed < self.tally.errors() {
+            out.push(("others".into(), self.tally.errors() - listed));
+        }
+        out
+    }
+}
+
+/// The key of request `i`: key number `i * 7919 mod keys`.
+pub fn key_of(prefix: &str, i: usize, keys: usize, key_size: usize) -> String {
+    key_name(prefix, i.wrapping_mul(7919) % keys, key_size)
+}
+
+/// Key number `n`, `key_size` bytes long (at least 8 digits).
+pub fn key_name(prefix: &str, n: usize, key_size: usize) -> String {
+    let width = key_size.saturating_sub(prefix.len()).max(8);
+    format!("{prefix}{n:0width$}")
 }
 
 async fn one(client: &Client, put: bool, key: &str, value: &[u8]) -> Result<(), kv_client::Error> {
@@ -149,7 +201,8 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-async fn phase(
+/// Runs one phase: puts (`put`) or gets.
+pub async fn phase(
     name: &'static str,
     endpoints: &[String],
     opts: &Options,
@@ -161,7 +214,7 @@ async fn phase(
     let value: Arc<[u8]> = vec![b'x'; p.value_size].into();
     let tally = Arc::new(Mutex::new(Tally::new()));
     let clients = p.clients.max(1);
-    let (total, keys, key_size) = (p.requests, p.keys.max(1), p.key_size);
+    let (total, keys, key_size, p_prefix) = (p.requests, p.keys.max(1), p.key_size, p.prefix);
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal().then(|| {
         let (done, tally) = (done.clone(), tally.clone());
@@ -178,11 +231,43 @@ async fn phase(
             }
         })
     });
+    // The release of operations in the limited mode.
+    let (release, released) = tokio::sync::mpsc::channel::<usize>(1);
+    let released = Arc::new(tokio::sync::Mutex::new(released));
+    let limited = p.limited && p.rate.is_some();
+    let releaser = match p.rate {
+        Some(rate) if limited => Some(tokio::spawn(async move {
+            let period = Duration::from_secs_f64(1.0 / rate);
+            // Releases stop at the scheduled end, as etcdctl's do.
+            let end = start + Duration::from_secs_f64(total as f64 / rate);
+            // What a release held up by busy clients may make up for: the
+            // timer's granularity (a millisecond), nothing more.
+            let slack = period.max(Duration::from_millis(2));
+            let mut due = start;
+            for i in 0..total {
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+                if Instant::now() >= end {
+                    break;
+                }
+                if release.send(i).await.is_err() {
+                    break;
+                }
+                due = (due + period).max(Instant::now() - slack);
+            }
+        })),
+        _ => {
+            drop(release);
+            None
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         let client = Client::new(endpoints.to_vec(), opts.clone());
         let (next, done, value, tally) = (next.clone(), done.clone(), value.clone(), tally.clone());
         let rate = p.rate;
+        let released = released.clone();
         tasks.spawn(async move {
             let record = move |us: u64, r: Result<(), kv_client::Error>| {
                 done.fetch_add(1, Ordering::Relaxed);
@@ -191,12 +276,21 @@ async fn phase(
                 }
             };
             match rate {
+                Some(_) if limited => loop {
+                    let Some(i) = released.lock().await.recv().await else {
+                        break;
+                    };
+                    let key = key_of(p_prefix, i, keys, key_size);
+                    let t = Instant::now();
+                    let r = one(&client, put, &key, &value).await;
+                    record(micros(t.elapsed()), r);
+                },
                 None => loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
                         break;
                     }
-                    let key = key_of(i, keys, key_size);
+                    let key = key_of(p_prefix, i, keys, key_size);
                     let t = Instant::now();
                     let r = one(&client, put, &key, &value).await;
                     record(micros(t.elapsed()), r);
@@ -212,7 +306,7 @@ async fn phase(
                         while inflight.try_join_next().is_some() {}
                         let (client, value, record) =
                             (client.clone(), value.clone(), record.clone());
-                        let key = key_of(i, keys, key_size);
+                        let key = key_of(p_prefix, i, keys, key_size);
                         inflight.spawn(async move {
                             let r = one(&client, put, &key, &value).await;
                             record(micros(due.elapsed()), r);
@@ -224,6 +318,9 @@ async fn phase(
         });
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(releaser) = releaser {
+        releaser.abort();
+    }
     let elapsed = start.elapsed();
     if let Some(progress) = progress {
         progress.abort();

@@ -97,6 +97,28 @@ pub enum Cmd {
         #[arg(long, hide = true)]
         puts_only: bool,
     },
+    /// Checks of the cluster (`check perf`, as `etcdctl check perf`).
+    Check {
+        #[command(subcommand)]
+        what: CheckCmd,
+    },
+}
+
+/// What `check` checks.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CheckCmd {
+    /// Write load for 60 s at the load's rate (256-byte keys, 1 KiB
+    /// values, open loop) and judge throughput, slowest request, stddev and
+    /// errors as `etcdctl check perf` does; exit 0 only if all pass.
+    Perf {
+        /// s: 50 clients at 150 puts/s, m: 200 at 1,000/s, l: 500 at
+        /// 8,000/s, xl: 1,000 at 15,000/s.
+        #[arg(long, default_value = "s", value_parser = ["s", "m", "l", "xl"])]
+        load: String,
+        /// Seconds of load (60 unless testing).
+        #[arg(long, default_value_t = 60, hide = true)]
+        seconds: u64,
+    },
 }
 
 /// One `shell` line.

@@ -275,7 +275,7 @@ async fn execute(client: &Client, cmd: Cmd, json: bool) -> Result<Rendered, Rend
             ok()
         }
         Cmd::Status => status(client, json).await,
-        Cmd::Shell | Cmd::Bench { .. } => {
+        Cmd::Shell | Cmd::Bench { .. } | Cmd::Check { .. } => {
             return Err(Rendered::usage(json, "not available here"));
         }
     })

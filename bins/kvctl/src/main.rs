@@ -1,6 +1,7 @@
 //! `kvctl`: the FlashKV command-line client (SPEC section 4).
 
 mod bench;
+mod check;
 mod cli;
 mod exec;
 
@@ -112,6 +113,8 @@ fn main() -> ExitCode {
                 keys,
                 rate,
                 puts_only,
+                prefix: "bench/",
+                limited: false,
             };
             let opts = Options {
                 timeout: opts.timeout.max(std::time::Duration::from_secs(10)),
@@ -121,6 +124,19 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
             ExitCode::SUCCESS
+        }
+        Cmd::Check {
+            what: cli::CheckCmd::Perf { load, seconds },
+        } => {
+            let verdict = runtime.block_on(check::perf(&endpoints, &opts, &load, seconds));
+            for line in &verdict.lines {
+                println!("{line}");
+            }
+            if verdict.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         cmd => {
             let r = runtime.block_on(exec::run(&client, cmd, cli.json));
@@ -156,7 +172,7 @@ fn shell(runtime: &tokio::runtime::Runtime, client: &Client, json: bool) {
                     Rendered::usage(json, first.trim_start_matches("error: "))
                 }
                 Ok(ShellLine {
-                    command: Cmd::Shell | Cmd::Bench { .. },
+                    command: Cmd::Shell | Cmd::Bench { .. } | Cmd::Check { .. },
                 }) => Rendered::usage(json, "not available in the shell"),
                 Ok(ShellLine {
                     command: Cmd::Batch { file: None },

@@ -230,6 +230,49 @@ fn every_command_and_exit_code() {
     assert_eq!(v["phases"][0]["ops"], 200);
     assert_eq!(v["phases"][1]["errors"], 0);
 
+    // check perf: etcd's verdict lines, an exit code that agrees with the
+    // last one, and no keys left behind.
+    let o = kvctl(
+        &ep,
+        &["check", "perf", "--load", "s", "--seconds", "3"],
+        None,
+    );
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("check perf --load s: 50 clients, 150 puts/s for 3 s"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("PASS: Throughput is ")
+            || lines[1].starts_with("FAIL: Throughput too low: "),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("PASS: Slowest request took ")
+            || lines[2].starts_with("FAIL: Slowest request took too long: "),
+        "{text}"
+    );
+    assert!(lines[3].contains("Stddev"), "{text}");
+    let last = *lines.last().expect("a verdict");
+    assert!(
+        (last == "PASS" && o.status.code() == Some(0))
+            || (last == "FAIL" && o.status.code() == Some(1)),
+        "last line {last:?}, exit {:?}",
+        o.status.code()
+    );
+    assert!(
+        !text.contains("ERROR("),
+        "errors under a light load: {text}"
+    );
+    let left = kvctl(
+        &ep,
+        &["range", "--prefix", "check-perf/", "--keys-only"],
+        None,
+    );
+    assert_eq!(left.status.code(), Some(0));
+    assert_eq!(stdout(&left), "", "check perf left keys behind");
+
     // An endpoint that does not answer gets an error entry.
     let down = (leader + 1) % 3;
     assert_eq!(c.nodes[down].stop(), Some(0));
