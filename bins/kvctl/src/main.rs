@@ -116,10 +116,6 @@ fn main() -> ExitCode {
                 prefix: "bench/",
                 limited: false,
             };
-            let opts = Options {
-                timeout: opts.timeout.max(std::time::Duration::from_secs(10)),
-                ..opts
-            };
             for line in runtime.block_on(bench::run(&endpoints, &opts, &p, cli.json)) {
                 println!("{line}");
             }
