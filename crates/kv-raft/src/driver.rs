@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,23 @@ enum Request {
     Stop,
 }
 
+impl Request {
+    /// Answers a request the driver will not take.
+    fn refuse(self, e: fn() -> Error) {
+        match self {
+            Request::Propose(_, r) => r.resolve(Err(e())),
+            Request::Read(r) => r.resolve(Err(e())),
+            Request::ConfChange(_, r) => r.resolve(Err(e())),
+            Request::Transfer(_, r) | Request::Campaign(r) => r.resolve(Err(e())),
+            Request::Status(r) => r.resolve(Err(e())),
+            Request::Step(_)
+            | Request::Unreachable(_)
+            | Request::SnapshotStatus(..)
+            | Request::Stop => {}
+        }
+    }
+}
+
 /// A cheap, cloneable, thread-safe way to talk to a running [`Node`].
 ///
 /// Calls return a [`Completion`] at once; wait on it or `.await` it. When the
@@ -128,7 +145,7 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct Handle {
     id: u64,
-    tx: Sender<Request>,
+    tx: SyncSender<Request>,
 }
 
 impl Handle {
@@ -140,8 +157,12 @@ impl Handle {
 
     fn call<T>(&self, make: impl FnOnce(Resolver<T>) -> Request) -> Completion<T> {
         let (r, c) = completion::pair();
-        // A failed send drops the request and so its resolver: Err(Stopped).
-        let _ = self.tx.send(make(r));
+        match self.tx.try_send(make(r)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => request.refuse(|| Error::Overloaded),
+            // Dropping the request drops its resolver: Err(Stopped).
+            Err(TrySendError::Disconnected(_)) => {}
+        }
         c
     }
 
@@ -262,21 +283,28 @@ impl Handle {
     ///
     /// # Errors
     ///
-    /// [`Error::Stopped`] when the node is no longer running.
+    /// [`Error::Stopped`] when the node is no longer running;
+    /// [`Error::Overloaded`] when its queue is full (the message is dropped,
+    /// as a lossy network would).
     pub fn step(&self, msg: Message) -> Result<()> {
         self.tx
-            .send(Request::Step(Box::new(msg)))
-            .map_err(|_| Error::Stopped)
+            .try_send(Request::Step(Box::new(msg)))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => Error::Overloaded,
+                TrySendError::Disconnected(_) => Error::Stopped,
+            })
     }
 
-    /// Tells raft that messages to `id` could not be delivered.
+    /// Tells raft that messages to `id` could not be delivered (dropped if
+    /// the queue is full: the next failure reports it again).
     pub fn report_unreachable(&self, id: u64) {
-        let _ = self.tx.send(Request::Unreachable(id));
+        let _ = self.tx.try_send(Request::Unreachable(id));
     }
 
     /// Tells raft whether a snapshot sent to `id` was delivered (`true`) or
     /// lost (`false`).
     pub fn report_snapshot(&self, id: u64, delivered: bool) {
+        // Waits for room: raft keeps the peer paused until it hears this.
         let _ = self.tx.send(Request::SnapshotStatus(id, delivered));
     }
 }
@@ -361,7 +389,7 @@ impl Node {
         cfg.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&cfg, store, &logger)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(opts.max_queued_requests);
         let driver = Driver {
             opts,
             raw,

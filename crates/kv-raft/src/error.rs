@@ -81,6 +81,11 @@ pub enum Error {
     /// stopped) before seeing it applied: it may or may not be committed.
     #[error("unknown outcome: {0}")]
     UnknownOutcome(&'static str),
+    /// The driver's request queue is full
+    /// ([`Options::max_queued_requests`](crate::Options)): the request was
+    /// not taken, nothing was applied.
+    #[error("raft node overloaded: request queue full, not applied")]
+    Overloaded,
     /// The operation did not complete in time.
     #[error("timed out")]
     Timeout,
@@ -108,6 +113,7 @@ impl Error {
                 | Error::ProposalDropped
                 | Error::Superseded { .. }
                 | Error::InvalidArgument(_)
+                | Error::Overloaded
         )
     }
 

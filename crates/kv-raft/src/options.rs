@@ -35,6 +35,11 @@ pub struct Options {
     /// At most this many requests are taken from the queue before a `Ready`
     /// is handled; they share the `Ready`'s one fsync.
     pub max_batch: usize,
+    /// Requests (proposals, reads, status calls, raft messages) queued for
+    /// the driver thread; when full, further ones are refused with
+    /// [`crate::Error::Overloaded`] (definite; a raft message is dropped,
+    /// which raft tolerates) instead of queueing without bound.
+    pub max_queued_requests: usize,
     /// How long a linearizable read may wait for its read index.
     pub read_timeout: Duration,
     /// Call `fsync` (`fdatasync`). Only tests and benchmarks of the
@@ -55,6 +60,7 @@ impl Default for Options {
             max_uncommitted_bytes: 128 << 20,
             max_committed_bytes_per_ready: 32 << 20,
             max_batch: 1024,
+            max_queued_requests: 65_536,
             read_timeout: Duration::from_secs(3),
             sync: true,
         }
@@ -95,6 +101,9 @@ impl Options {
         }
         if self.max_batch == 0 {
             return bad("max_batch must be positive");
+        }
+        if self.max_queued_requests == 0 {
+            return bad("max_queued_requests must be positive");
         }
         if self.read_timeout.is_zero() {
             return bad("read_timeout must be positive");
