@@ -104,6 +104,34 @@ fn record(tally: &mut Tally, done: Option<Result<Done, tokio::task::JoinError>>)
     }
 }
 
+/// Acknowledged writes (keys under `prefix`) are all there; the ones
+/// refused as definite never applied.
+async fn assert_outcomes_hold(c: &Cluster, prefix: &'static [u8], all: &Tally) {
+    let reader = c.client(Duration::from_secs(20));
+    let present: BTreeSet<String> = reader
+        .range(&RangeQuery {
+            prefix: Bytes::from_static(prefix),
+            keys_only: true,
+            ..RangeQuery::default()
+        })
+        .await
+        .expect("range over the written keys")
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    let lost: Vec<&String> = all.acked.iter().filter(|k| !present.contains(*k)).collect();
+    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
+    let applied: Vec<&String> = all
+        .overloaded
+        .iter()
+        .filter(|k| present.contains(*k))
+        .collect();
+    assert!(
+        applied.is_empty(),
+        "writes refused as definite were applied: {applied:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_refused_definitely_before_proposing() {
     let _serial = serial();
@@ -153,31 +181,7 @@ async fn overload_is_refused_definitely_before_proposing() {
         all.acked.len()
     );
 
-    // Acknowledged writes are all there; the refused ones never applied.
-    let reader = c.client(Duration::from_secs(20));
-    let present: BTreeSet<String> = reader
-        .range(&RangeQuery {
-            prefix: Bytes::from_static(b"ov/"),
-            keys_only: true,
-            ..RangeQuery::default()
-        })
-        .await
-        .expect("range over the written keys")
-        .into_iter()
-        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-        .collect();
-    let lost: Vec<&String> = all.acked.iter().filter(|k| !present.contains(*k)).collect();
-    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
-    let applied: Vec<&String> = all
-        .overloaded
-        .iter()
-        .filter(|k| present.contains(*k))
-        .collect();
-    assert!(
-        applied.is_empty(),
-        "writes refused as definite were applied: {applied:?}"
-    );
-
+    assert_outcomes_hold(&c, b"ov/", &all).await;
     for n in &mut c.nodes {
         assert_eq!(n.stop(), Some(0), "node {} exit code", n.id);
     }
@@ -277,29 +281,7 @@ async fn writes_are_answered_within_the_time_their_client_waits() {
         late * 100 <= CONNECTIONS * WRITES_PER_CONNECTION,
         "{late} writes answered after their client's {BUDGET:?}"
     );
-    let reader = c.client(Duration::from_secs(20));
-    let present: BTreeSet<String> = reader
-        .range(&RangeQuery {
-            prefix: Bytes::from_static(b"dl/"),
-            keys_only: true,
-            ..RangeQuery::default()
-        })
-        .await
-        .expect("range over the written keys")
-        .into_iter()
-        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-        .collect();
-    let lost: Vec<&String> = all.acked.iter().filter(|k| !present.contains(*k)).collect();
-    assert!(lost.is_empty(), "acknowledged writes missing: {lost:?}");
-    let applied: Vec<&String> = all
-        .overloaded
-        .iter()
-        .filter(|k| present.contains(*k))
-        .collect();
-    assert!(
-        applied.is_empty(),
-        "writes refused as definite were applied: {applied:?}"
-    );
+    assert_outcomes_hold(&c, b"dl/", &all).await;
     for n in &mut c.nodes {
         assert_eq!(n.stop(), Some(0), "node {} exit code", n.id);
     }
