@@ -441,17 +441,18 @@ impl Client {
 
     /// Sends a write with this client's id and a fresh request number.
     async fn write(&self, mut req: Request) -> Result<Response> {
-        let _slot = self
-            .inner
-            .write_slots
-            .acquire()
+        // The wait for a slot counts towards the operation's timeout; a
+        // write that never got one was never sent.
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        let _slot = tokio::time::timeout_at(deadline, self.inner.write_slots.acquire())
             .await
+            .map_err(|_| Error::Timeout { definite: true })?
             .map_err(|_| unexpected())?;
         if self.inner.opts.dedup {
             req.client_id = self.inner.client_id;
             req.seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         }
-        self.execute(req, Kind::Write).await
+        self.execute_until(req, Kind::Write, deadline).await
     }
 
     fn leader_guess(&self) -> Option<String> {
@@ -498,11 +499,16 @@ impl Client {
     /// Runs one request to completion: finds the leader, retries what is
     /// safe to retry, and tracks whether any attempt may have applied.
     async fn execute(&self, req: Request, kind: Kind) -> Result<Response> {
+        let deadline = Instant::now() + self.inner.opts.timeout;
+        self.execute_until(req, kind, deadline).await
+    }
+
+    /// [`Client::execute`] within `deadline`.
+    async fn execute_until(&self, req: Request, kind: Kind, deadline: Instant) -> Result<Response> {
         if self.inner.endpoints.is_empty() {
             return Err(Error::InvalidArgument("no endpoints".into()));
         }
         let opts = &self.inner.opts;
-        let deadline = Instant::now() + opts.timeout;
         let write = kind == Kind::Write;
         let can_retry_unknown = !write || req.client_id != 0;
         let mut maybe_applied = false;

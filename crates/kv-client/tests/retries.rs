@@ -24,6 +24,8 @@ enum Reply {
     NotLeader(String),
     Unavailable,
     UnknownTimeout,
+    /// Never answers.
+    Hang,
 }
 
 impl Service for Scripted {
@@ -51,6 +53,7 @@ impl Service for Scripted {
                 r
             }
             Reply::Unavailable => error_response(0, ErrorCode::UNAVAILABLE, "no leader"),
+            Reply::Hang => std::future::pending().await,
             Reply::UnknownTimeout => {
                 let mut r = error_response(0, ErrorCode::TIMEOUT, "timed out");
                 r.mut_error().outcome_unknown = true;
@@ -216,4 +219,37 @@ async fn each_attempt_tells_the_node_the_time_left() {
         budgets[1] > 0 && budgets[1] < budgets[0],
         "a retry has less time left: {budgets:?}"
     );
+}
+
+#[tokio::test]
+async fn waiting_for_a_write_slot_counts_towards_the_timeout() {
+    // 512 writes in flight per client: a 513th waits for a slot. Its
+    // timeout covers that wait: it ends within its own timeout, not a
+    // slot wait plus a whole timeout more.
+    let (addr, svc) = serve(vec![Reply::Ok, Reply::Hang]).await;
+    let c = client(vec![addr], true, 1000);
+    c.put("warm", "v").await.unwrap();
+    let mut hung = tokio::task::JoinSet::new();
+    for i in 0..512 {
+        let c = c.clone();
+        hung.spawn(async move { c.put(format!("k{i}"), "v").await });
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while svc.seen.lock().unwrap().len() < 513 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 512 writes were not sent: {} seen",
+            svc.seen.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start = std::time::Instant::now();
+    let e = c.put("late", "v").await.unwrap_err();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "a write with a 1 s timeout took {took:?} ({e:?})"
+    );
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    hung.abort_all();
 }
