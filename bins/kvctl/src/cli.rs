@@ -97,11 +97,53 @@ pub enum Cmd {
         #[arg(long, hide = true)]
         puts_only: bool,
     },
+    /// Cluster membership: list, add, promote, remove.
+    Member {
+        #[command(subcommand)]
+        what: MemberCmd,
+    },
+    /// Leadership: `leader transfer ID`.
+    Leader {
+        #[command(subcommand)]
+        what: LeaderCmd,
+    },
     /// Checks of the cluster (`check perf`, as `etcdctl check perf`).
     Check {
         #[command(subcommand)]
         what: CheckCmd,
     },
+}
+
+/// `member` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum MemberCmd {
+    /// One line per member: id, peer address, advertise address,
+    /// voter/learner, and `leader` for the leader.
+    List,
+    /// Add node ID, reached by peers at PEER_ADDR; then start it with
+    /// `kvd --id ID --join ENDPOINTS`. A voter is added as a learner first
+    /// and promoted once it has caught up.
+    Add {
+        id: u64,
+        peer_addr: String,
+        /// The address clients are told to use (default: PEER_ADDR).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Keep it a learner (no vote) until `member promote`.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Learner to voter; refused while it lags.
+    Promote { id: u64 },
+    /// Remove node ID; removing the leader hands leadership over first.
+    Remove { id: u64 },
+}
+
+/// `leader` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum LeaderCmd {
+    /// Hand leadership to voter ID.
+    Transfer { id: u64 },
 }
 
 /// What `check` checks.

@@ -24,7 +24,7 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    fn ok_json(json: bool, value: Value, plain: Vec<Vec<u8>>) -> Rendered {
+    pub fn ok_json(json: bool, value: Value, plain: Vec<Vec<u8>>) -> Rendered {
         Rendered {
             stdout: if json {
                 vec![value.to_string().into_bytes()]
@@ -54,7 +54,7 @@ impl Rendered {
         }
     }
 
-    fn failure(json: bool, e: &kv_client::Error) -> Rendered {
+    pub fn failure(json: bool, e: &kv_client::Error) -> Rendered {
         let code = match e {
             kv_client::Error::InvalidArgument(_) => USAGE,
             e if e.is_definite() => DEFINITE,
@@ -275,6 +275,13 @@ async fn execute(client: &Client, cmd: Cmd, json: bool) -> Result<Rendered, Rend
             ok()
         }
         Cmd::Status => status(client, json).await,
+        Cmd::Member { what } => crate::admin::member(client, what, json).await?,
+        Cmd::Leader {
+            what: crate::cli::LeaderCmd::Transfer { id },
+        } => {
+            client.leader_transfer(id).await.map_err(fail)?;
+            ok()
+        }
         Cmd::Shell | Cmd::Bench { .. } | Cmd::Check { .. } => {
             return Err(Rendered::usage(json, "not available here"));
         }

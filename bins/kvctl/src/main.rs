@@ -1,5 +1,6 @@
 //! `kvctl`: the FlashKV command-line client (SPEC section 4).
 
+mod admin;
 mod bench;
 mod check;
 mod cli;

@@ -28,6 +28,11 @@ struct Args {
     /// (ignored on restart in favour of the persisted membership).
     #[arg(long)]
     peers: Option<String>,
+    /// Join a running cluster: client endpoints of its members, comma
+    /// separated. The data directory must be new and the node added with
+    /// `kvctl member add` first. Ignored on restart.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
     /// Data directory.
     #[arg(long, default_value = "./kvd-data")]
     data_dir: PathBuf,
@@ -44,6 +49,9 @@ struct Args {
     /// entries.
     #[arg(long, hide = true)]
     snapshot_threshold: Option<u64>,
+    /// Largest record the raft log store writes (bytes; default 1 GiB).
+    #[arg(long, hide = true)]
+    raft_max_record_bytes: Option<usize>,
     /// Derive a new cluster's id from this token and the member ids instead
     /// of the members' addresses, for nodes that reach each other through
     /// different addresses (proxies). Ignored on restart.
@@ -83,8 +91,12 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(peers) = &args.peers {
         config.peers = parse_peers(peers)?;
     }
+    config.join.clone_from(&args.join);
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
+    }
+    if let Some(n) = args.raft_max_record_bytes {
+        config.raft.max_record_bytes = n;
     }
     config.cluster_token.clone_from(&args.cluster_token);
     if let Some(n) = args.max_pending_writes {

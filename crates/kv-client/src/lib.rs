@@ -32,6 +32,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod error;
 mod execute;
 mod retry;
@@ -48,6 +49,7 @@ use parking_mutex::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+pub use admin::{MemberInfo, Membership};
 pub use error::{Error, Result};
 
 /// Poison-free mutex over `std::sync::Mutex`.

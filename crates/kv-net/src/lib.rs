@@ -23,8 +23,9 @@
 //! - [`client`]: [`ClientConn`], one pipelined client connection.
 //! - [`peer`]: [`PeerSender`], a lazily connected, reconnecting link to
 //!   another node that batches raft messages and drops them (reporting the
-//!   peer unreachable) while the link is down; [`send_snapshot`] streams a
-//!   snapshot in chunks.
+//!   peer unreachable) while the link is down.
+//! - [`snapshot`]: [`send_snapshot`] streams a snapshot's files in chunks,
+//!   resuming a transfer that broke off.
 //!
 //! # Peer handshake (SPEC sections 6 and 10)
 //!
@@ -55,6 +56,7 @@ pub mod frame;
 mod options;
 pub mod peer;
 pub mod server;
+pub mod snapshot;
 
 /// Generated protobuf messages of `proto/flashkv.proto` (package `flashkv`).
 ///
@@ -71,9 +73,11 @@ pub use connection::{Connection, FrameReader, FrameWriter};
 pub use error::{Error, Result};
 pub use frame::FrameCodec;
 pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options};
-pub use peer::{PeerIdentity, PeerSender, send_snapshot};
+pub use peer::{PeerIdentity, PeerSender};
 pub use server::{Listener, Service};
+pub use snapshot::{SnapshotOffer, SnapshotSent, send_snapshot};
 
 /// Version sent in [`proto::Hello`]; bumped on incompatible wire changes.
 /// Version 2: peers must open with a `Hello` naming the cluster id.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: snapshots are offered, then streamed file by file.
+pub const PROTOCOL_VERSION: u32 = 3;

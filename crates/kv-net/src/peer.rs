@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::proto::{Frame, Hello, PeerMessage, SnapshotChunk, frame};
+use crate::proto::{Frame, Hello, PeerMessage};
 
 /// Who this node is to its peers: the `Hello` that opens every peer
 /// connection (raft links and snapshot transfers alike) carries it, and the
@@ -304,89 +303,4 @@ impl Link {
             }
         }
     }
-}
-
-/// Streams a snapshot to the node at `addr` over a connection of its own,
-/// opened with `from`'s handshake: `data` is cut into `options.snapshot_chunk_size` chunks; the last chunk
-/// carries `raft_message` (the serialized raft `MsgSnapshot`). Returns the
-/// number of data bytes sent once the receiver has acknowledged the whole
-/// snapshot (its [`Service::snapshot_chunk`](crate::Service::snapshot_chunk)
-/// accepted every chunk). Bound it with `tokio::time::timeout`.
-///
-/// # Errors
-///
-/// [`Error::Connect`], [`Error::Io`] from `data` or the socket, and
-/// [`Error::Protocol`] when the receiver closes without acknowledging (for
-/// example because it refused a chunk).
-pub async fn send_snapshot(
-    addr: &str,
-    options: &Options,
-    from: PeerIdentity,
-    to: u64,
-    snapshot_id: u64,
-    raft_message: Bytes,
-    mut data: impl AsyncRead + Unpin,
-) -> Result<u64> {
-    options.validate()?;
-    let (mut reader, mut writer) = Connection::connect(addr, options).await?.into_split();
-    writer.feed_frame(from.hello_frame()).await?;
-
-    let chunk_size = options.snapshot_chunk_size;
-    let mut offset = 0u64;
-    let mut current = read_chunk(&mut data, chunk_size).await?;
-    loop {
-        // Read ahead to know whether `current` is the last chunk.
-        let next = if current.len() < chunk_size {
-            Bytes::new()
-        } else {
-            read_chunk(&mut data, chunk_size).await?
-        };
-        let last = next.is_empty();
-        let mut chunk = SnapshotChunk::new();
-        chunk.from = from.node_id;
-        chunk.to = to;
-        chunk.snapshot_id = snapshot_id;
-        chunk.offset = offset;
-        offset += current.len() as u64;
-        chunk.data = current;
-        chunk.last = last;
-        if last {
-            chunk.raft_message = raft_message.clone();
-        }
-        let mut frame = Frame::new();
-        frame.set_snapshot_chunk(chunk);
-        writer.write_frame(frame).await?;
-        if last {
-            break;
-        }
-        current = next;
-    }
-    match reader.read_frame().await? {
-        Some(Frame {
-            body: Some(frame::Body::SnapshotChunk(ack)),
-            ..
-        }) if ack.last && ack.snapshot_id == snapshot_id => {
-            let _ = writer.shutdown().await;
-            Ok(offset)
-        }
-        Some(_) => Err(Error::Protocol("unexpected answer to a snapshot".into())),
-        None => Err(Error::Protocol(
-            "snapshot receiver closed the connection".into(),
-        )),
-    }
-}
-
-/// Reads up to `size` bytes, fewer only at the end of `data`.
-async fn read_chunk(data: &mut (impl AsyncRead + Unpin), size: usize) -> Result<Bytes> {
-    let mut buf = Vec::with_capacity(size);
-    while buf.len() < size {
-        let n = data
-            .take((size - buf.len()) as u64)
-            .read_to_end(&mut buf)
-            .await?;
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(buf.into())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{MemKv, Server, bounded, identity};
 use kv_net::proto::{PeerMessage, SnapshotChunk};
-use kv_net::{Options, PeerSender, send_snapshot};
+use kv_net::{Options, PeerSender, SnapshotOffer, send_snapshot};
 use tokio::sync::mpsc;
 
 fn options() -> Options {
@@ -209,9 +209,38 @@ async fn full_queue_drops_instead_of_growing() {
     .await;
 }
 
+/// The stream of `data` from `offset` on, in chunks of `chunk` bytes.
+fn feed(data: Vec<u8>, chunk: usize) -> impl FnOnce(u64) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    move |offset| {
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            for c in data[usize::try_from(offset).unwrap()..].chunks(chunk) {
+                if tx.send(Ok(Bytes::copy_from_slice(c))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn offer(id: u64, sizes: &[u64]) -> SnapshotOffer {
+    SnapshotOffer {
+        snapshot_id: id,
+        group_id: 1,
+        raft_message: Bytes::from_static(b"raft-msg"),
+        files: sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (format!("f{i}"), s))
+            .collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_is_streamed_in_chunks_and_acknowledged() {
+async fn snapshot_is_offered_streamed_in_chunks_and_acknowledged() {
     bounded(async {
+        let idle = Duration::from_secs(5);
         let (tx, mut rx) = mpsc::unbounded_channel::<SnapshotChunk>();
         let service = Arc::new(MemKv {
             chunk_tx: Some(tx),
@@ -223,35 +252,88 @@ async fn snapshot_is_streamed_in_chunks_and_acknowledged() {
         };
         let server = Server::start(service, options.clone()).await;
         let addr = server.addr.to_string();
-        for size in [0usize, 1, 64 << 10, (64 << 10) * 2 + 123] {
-            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        for sizes in [&[][..], &[0, 1], &[64 << 10], &[(64 << 10) * 2 + 123, 7]] {
+            let total: u64 = sizes.iter().sum();
+            let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
             let sent = send_snapshot(
                 &addr,
                 &options,
                 identity(1),
                 2,
-                9,
-                Bytes::from_static(b"raft-msg"),
-                &data[..],
+                offer(9, sizes),
+                idle,
+                feed(data.clone(), 64 << 10),
             )
             .await
             .unwrap();
-            assert_eq!(sent, size as u64);
+            assert_eq!((sent.resumed_at, sent.sent), (0, total));
+            let first = rx.recv().await.unwrap();
+            assert!(first.offer && first.data.is_empty());
+            assert_eq!(first.raft_message, Bytes::from_static(b"raft-msg"));
+            let offered: Vec<u64> = first.files.iter().map(|f| f.size).collect();
+            assert_eq!(offered, sizes);
             let mut got = Vec::new();
             loop {
                 let c = rx.recv().await.unwrap();
-                assert_eq!((c.from, c.to, c.snapshot_id), (1, 2, 9));
+                assert_eq!((c.from, c.to, c.snapshot_id, c.offer), (1, 2, 9, false));
                 assert_eq!(c.offset, got.len() as u64);
                 assert!(c.data.len() <= 64 << 10);
+                assert_eq!(c.crc32, crc32fast::hash(&c.data));
                 got.extend_from_slice(&c.data);
                 if c.last {
-                    assert_eq!(c.raft_message, Bytes::from_static(b"raft-msg"));
                     break;
                 }
-                assert!(c.raft_message.is_empty());
             }
             assert_eq!(got, data);
         }
+        server.stop().await;
+
+        // A receiver that already holds part of the snapshot gets the rest.
+        let (tx, mut rx) = mpsc::unbounded_channel::<SnapshotChunk>();
+        let resuming = Arc::new(MemKv {
+            chunk_tx: Some(tx),
+            snapshot_resume_at: 1000,
+            ..MemKv::default()
+        });
+        let server = Server::start(resuming, options.clone()).await;
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+        let sent = send_snapshot(
+            &server.addr.to_string(),
+            &options,
+            identity(1),
+            2,
+            offer(11, &[3000, 2000]),
+            idle,
+            feed(data.clone(), 1024),
+        )
+        .await
+        .unwrap();
+        assert_eq!((sent.resumed_at, sent.sent), (1000, 4000));
+        assert!(rx.recv().await.unwrap().offer);
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            assert_eq!(c.offset, 1000 + got.len() as u64);
+            got.extend_from_slice(&c.data);
+            if c.last {
+                break;
+            }
+        }
+        assert_eq!(got, data[1000..]);
+        server.stop().await;
+
+        // Data that ends short of the offer fails the transfer.
+        let server = Server::start(Arc::new(MemKv::default()), options.clone()).await;
+        let result = send_snapshot(
+            &server.addr.to_string(),
+            &options,
+            identity(1),
+            2,
+            offer(12, &[100]),
+            idle,
+            feed(vec![0u8; 50], 1024),
+        )
+        .await;
+        assert!(result.is_err());
         server.stop().await;
 
         // A receiver that refuses the snapshot makes the transfer fail.
@@ -260,15 +342,14 @@ async fn snapshot_is_streamed_in_chunks_and_acknowledged() {
             ..MemKv::default()
         });
         let server = Server::start(refusing, options.clone()).await;
-        let data = vec![1u8; 1000];
         let result = send_snapshot(
             &server.addr.to_string(),
             &options,
             identity(1),
             2,
-            10,
-            Bytes::new(),
-            &data[..],
+            offer(10, &[1000]),
+            idle,
+            feed(vec![1u8; 1000], 1024),
         )
         .await;
         assert!(result.is_err());

@@ -66,6 +66,7 @@ pub struct LogStore {
     dir: PathBuf,
     _lock: File,
     sync: bool,
+    max_record: usize,
     segment_bytes: u64,
     segments: Vec<Segment>,
     active: File,
@@ -100,15 +101,20 @@ fn segment_name(seq: u64) -> String {
 }
 
 fn encode_pb(m: &impl protobuf::Message) -> Result<Vec<u8>> {
+    encode_pb_within(m, record::MAX_PAYLOAD)
+}
+
+/// Encodes `m` for a record of at most `limit` bytes.
+fn encode_pb_within(m: &impl protobuf::Message, limit: usize) -> Result<Vec<u8>> {
     let b = m
         .write_to_bytes()
         .map_err(|e| Error::InvalidArgument(format!("protobuf encode: {e}")))?;
     // Recovery rejects larger records as corrupt, so never write one.
-    if b.len() + 8 > record::MAX_PAYLOAD {
+    let limit = limit.min(record::MAX_PAYLOAD);
+    if b.len() + 8 > limit {
         return Err(Error::InvalidArgument(format!(
-            "record of {} bytes exceeds the {} byte limit",
+            "record of {} bytes exceeds the {limit} byte limit",
             b.len(),
-            record::MAX_PAYLOAD
         )));
     }
     Ok(b)
@@ -329,6 +335,7 @@ impl LogStore {
             dir,
             _lock: lock,
             sync: opts.sync,
+            max_record: opts.max_record_bytes,
             segment_bytes: opts.segment_bytes,
             segments,
             active,
@@ -395,7 +402,7 @@ impl LogStore {
         meta.term = 1;
         meta.set_conf_state(conf_state.clone());
         snap.data = data.into();
-        if let Err(e) = write_snapshot_file(&self.dir, &snap, self.sync) {
+        if let Err(e) = write_snapshot_file(&self.dir, &snap, self.sync, self.max_record) {
             self.poisoned = true;
             return Err(e);
         }
@@ -506,7 +513,7 @@ impl LogStore {
             return Err(Error::InvalidArgument("entries are not contiguous".into()));
         }
         for e in ents {
-            let b = encode_pb(e)?;
+            let b = encode_pb_within(e, self.max_record)?;
             record::encode(&mut self.buf, Kind::Entry, &b);
         }
         self.entries.truncate((first_new - self.first()) as usize);
@@ -636,7 +643,7 @@ impl LogStore {
         if meta.index <= self.snapshot.get_metadata().index {
             return Ok(());
         }
-        if let Err(e) = write_snapshot_file(&self.dir, &snap, self.sync) {
+        if let Err(e) = write_snapshot_file(&self.dir, &snap, self.sync, self.max_record) {
             self.poisoned = true;
             return Err(e);
         }
@@ -714,6 +721,7 @@ impl LogStore {
         Ok(PendingCompact {
             dir: self.dir.clone(),
             sync: self.sync,
+            max_record: self.max_record,
             meta,
         })
     }
@@ -803,6 +811,7 @@ fn read_snapshot_file(path: &Path) -> Result<Snapshot> {
 pub struct PendingCompact {
     dir: PathBuf,
     sync: bool,
+    max_record: usize,
     meta: SnapshotMetadata,
 }
 
@@ -831,14 +840,18 @@ impl PendingCompact {
         snap.set_metadata(self.meta);
         snap.data = data.into();
         let tmp = self.dir.join(SNAPSHOT_NEXT);
-        write_file(&tmp, &snap, self.sync)?;
+        write_file(&tmp, &snap, self.sync, self.max_record)?;
         Ok(WrittenCompact { snap, tmp })
     }
 }
 
-fn write_file(path: &Path, snap: &Snapshot, sync: bool) -> Result<()> {
+fn write_file(path: &Path, snap: &Snapshot, sync: bool, max_record: usize) -> Result<()> {
     let mut buf = Vec::new();
-    record::encode(&mut buf, Kind::Snapshot, &encode_pb(snap)?);
+    record::encode(
+        &mut buf,
+        Kind::Snapshot,
+        &encode_pb_within(snap, max_record)?,
+    );
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(&buf).map_err(|e| Error::io(path, e))?;
     if sync {
@@ -847,10 +860,10 @@ fn write_file(path: &Path, snap: &Snapshot, sync: bool) -> Result<()> {
     Ok(())
 }
 
-fn write_snapshot_file(dir: &Path, snap: &Snapshot, sync: bool) -> Result<()> {
+fn write_snapshot_file(dir: &Path, snap: &Snapshot, sync: bool, max_record: usize) -> Result<()> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let dst = dir.join(SNAPSHOT_FILE);
-    write_file(&tmp, snap, sync)?;
+    write_file(&tmp, snap, sync, max_record)?;
     fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
     if sync {
         sync_dir(dir)?;

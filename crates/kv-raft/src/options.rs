@@ -40,6 +40,10 @@ pub struct Options {
     /// [`crate::Error::Overloaded`] (definite; a raft message is dropped,
     /// which raft tolerates) instead of queueing without bound.
     pub max_queued_requests: usize,
+    /// Largest record (an entry, a snapshot's metadata and data) the log
+    /// store writes; at most (and by default) 1 GiB. A write of a larger one
+    /// fails, which stops the node.
+    pub max_record_bytes: usize,
     /// How long a linearizable read may wait for its read index.
     pub read_timeout: Duration,
     /// Call `fsync` (`fdatasync`). Only tests and benchmarks of the
@@ -61,6 +65,7 @@ impl Default for Options {
             max_committed_bytes_per_ready: 32 << 20,
             max_batch: 1024,
             max_queued_requests: 65_536,
+            max_record_bytes: 1 << 30,
             read_timeout: Duration::from_secs(3),
             sync: true,
         }
@@ -107,6 +112,9 @@ impl Options {
         }
         if self.read_timeout.is_zero() {
             return bad("read_timeout must be positive");
+        }
+        if self.max_record_bytes < 4096 || self.max_record_bytes > 1 << 30 {
+            return bad("max_record_bytes must be within [4 KiB, 1 GiB]");
         }
         Ok(())
     }

@@ -15,6 +15,8 @@
 
 use bytes::Bytes;
 
+pub use crate::membership::MemberRecord;
+
 /// Version byte of [`Command::encode`].
 const COMMAND_VERSION: u8 = 1;
 
@@ -68,6 +70,15 @@ pub enum Op {
         node_id: u64,
         /// Its advertise address.
         addr: String,
+    },
+    /// Records a member's peer and client (advertise) addresses, or, with
+    /// `addrs` `None`, that it was removed: the replicated address book
+    /// every node dials from (see `membership`).
+    SetMember {
+        /// The member.
+        node_id: u64,
+        /// Its record; `None` once removed.
+        record: Option<MemberRecord>,
     },
     /// Several client commands proposed as one log entry, applied in order
     /// in one engine batch; its outcome is [`Outcome::Multi`]. Groups do not
@@ -239,6 +250,11 @@ impl Command {
                 w.u64(*node_id);
                 w.bytes(addr.as_bytes());
             }
+            Op::SetMember { node_id, record } => {
+                w.u8(7);
+                w.u64(*node_id);
+                w.bytes(&crate::membership::encode_record(record.as_ref()));
+            }
             Op::Multi(cmds) => {
                 w.u8(6);
                 w.u32(u32::try_from(cmds.len()).unwrap_or(u32::MAX));
@@ -265,6 +281,9 @@ impl Command {
                 })
                 .sum(),
             Op::SetAdvertise { addr, .. } => addr.len(),
+            Op::SetMember { record, .. } => record
+                .as_ref()
+                .map_or(0, |r| r.peer_addr.len() + r.advertise.len()),
             Op::Multi(cmds) => cmds.iter().map(|c| 40 + c.approximate_size()).sum(),
         }
     }
@@ -323,6 +342,10 @@ impl Command {
                 node_id: r.u64()?,
                 addr: String::from_utf8(r.bytes()?.to_vec())
                     .map_err(|_| DecodeError("advertise address is not UTF-8".into()))?,
+            },
+            7 => Op::SetMember {
+                node_id: r.u64()?,
+                record: crate::membership::decode_record(&r.bytes()?).map_err(DecodeError)?,
             },
             6 if allow_multi => {
                 let n = r.u32()? as usize;
@@ -441,6 +464,18 @@ mod tests {
             Op::SetAdvertise {
                 node_id: 3,
                 addr: "127.0.0.1:7003".into(),
+            },
+            Op::SetMember {
+                node_id: 4,
+                record: Some(MemberRecord {
+                    peer_addr: "127.0.0.1:8004".into(),
+                    advertise: "127.0.0.1:7004".into(),
+                    promote: true,
+                }),
+            },
+            Op::SetMember {
+                node_id: 5,
+                record: None,
             },
             Op::Multi(vec![
                 Command {

@@ -20,6 +20,10 @@ pub struct Config {
     /// this node included. Empty: a single-node cluster reached at `listen`.
     /// Ignored when the data directory already holds a cluster.
     pub peers: BTreeMap<u64, String>,
+    /// Members of a running cluster to ask for its membership when this
+    /// node, with an empty data directory, joins it (`kvd --join`; it must
+    /// have been added with `kvctl member add`). Ignored on restart.
+    pub join: Vec<String>,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
     /// Raft tunables.
@@ -35,9 +39,8 @@ pub struct Config {
     /// addresses (see [`derive_cluster_id`]), for clusters whose nodes name
     /// each other by different addresses (proxies). Ignored on restart.
     pub cluster_token: Option<String>,
-    /// Most snapshot bytes being received at once, from all peers together.
-    pub max_snapshot_bytes: usize,
-    /// A snapshot transfer that received no chunk for this long is dropped.
+    /// A snapshot transfer that received no chunk for this long is dropped
+    /// with what it wrote (until then a new connection resumes it).
     pub snapshot_idle_timeout: Duration,
     /// Bounds of the write path (admission control, entry size). Its
     /// `max_entry_bytes` is lowered, if need be, to leave room in a
@@ -55,14 +58,14 @@ impl Config {
             listen: listen.into(),
             advertise: None,
             peers: BTreeMap::new(),
+            join: Vec::new(),
             data_dir: data_dir.into(),
             raft: kv_raft::Options::default(),
             net: kv_net::Options::default(),
             request_timeout: Duration::from_secs(5),
             max_range_page: 1000,
             cluster_token: None,
-            max_snapshot_bytes: 1 << 30,
-            snapshot_idle_timeout: Duration::from_secs(30),
+            snapshot_idle_timeout: Duration::from_secs(60),
             writes: crate::proposer::WriteLimits::for_frame_length(
                 kv_net::DEFAULT_MAX_FRAME_LENGTH,
             ),
@@ -94,6 +97,11 @@ impl Config {
         if self.id == 0 {
             return Err(Error::Config("node id must be positive".into()));
         }
+        if !self.join.is_empty() && !self.peers.is_empty() {
+            return Err(Error::Config(
+                "--join and --peers exclude each other: a joining node learns the members".into(),
+            ));
+        }
         if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
             return Err(Error::Config(format!(
                 "--peers does not list this node (id {})",
@@ -106,9 +114,9 @@ impl Config {
         if self.max_range_page == 0 {
             return Err(Error::Config("max_range_page must be positive".into()));
         }
-        if self.max_snapshot_bytes == 0 || self.snapshot_idle_timeout.is_zero() {
+        if self.snapshot_idle_timeout.is_zero() {
             return Err(Error::Config(
-                "max_snapshot_bytes and snapshot_idle_timeout must be positive".into(),
+                "snapshot_idle_timeout must be positive".into(),
             ));
         }
         self.raft.validate()?;
@@ -145,6 +153,21 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>> {
 
 const MEMBERS_FILE: &str = "members";
 const MEMBERS_HEADER: &str = "flashkv-members v1";
+/// The line after the header of a node that joined a running cluster: it
+/// must never bootstrap a cluster of its own.
+const JOINED: &str = "joined";
+
+/// The members of the cluster as a node's data directory records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// Initial members (or, for a node that joined, those it learned) and
+    /// their peer addresses.
+    pub peers: BTreeMap<u64, String>,
+    /// The node joined a running cluster (its raft log starts empty).
+    pub joined: bool,
+    /// Just written: the data directory was new.
+    pub fresh: bool,
+}
 
 /// Loads the persisted members of the cluster in `data_dir`, or, for a new
 /// data directory, persists `initial` and returns it.
@@ -156,20 +179,40 @@ pub fn load_or_init_members(
     data_dir: &Path,
     initial: &BTreeMap<u64, String>,
 ) -> Result<(BTreeMap<u64, String>, bool)> {
+    let m = load_or_init(data_dir, initial, false)?;
+    Ok((m.peers, m.fresh))
+}
+
+/// Loads the persisted members, or persists `initial` (marked as joined when
+/// `joined`) for a new data directory.
+///
+/// # Errors
+///
+/// [`Error::Corruption`] for a damaged file, I/O errors.
+pub fn load_or_init(
+    data_dir: &Path,
+    initial: &BTreeMap<u64, String>,
+    joined: bool,
+) -> Result<Members> {
     let path = data_dir.join(MEMBERS_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let mut lines = text.lines();
+            let mut lines = text.lines().peekable();
             if lines.next() != Some(MEMBERS_HEADER) {
                 return Err(Error::corruption(&path, "missing header"));
             }
+            let joined = lines.next_if_eq(&JOINED).is_some();
             let body: Vec<&str> = lines.collect();
             let members = parse_peers(&body.join(","))
                 .map_err(|e| Error::corruption(&path, e.to_string()))?;
             if members.is_empty() {
                 return Err(Error::corruption(&path, "no members"));
             }
-            Ok((members, false))
+            Ok(Members {
+                peers: members,
+                joined,
+                fresh: false,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if data_dir.join("raft").exists() {
@@ -179,20 +222,48 @@ pub fn load_or_init_members(
                 ));
             }
             let mut text = format!("{MEMBERS_HEADER}\n");
+            if joined {
+                let _ = writeln!(text, "{JOINED}");
+            }
             for (id, addr) in initial {
                 let _ = writeln!(text, "{id}={addr}");
             }
-            let tmp = data_dir.join("members.tmp");
-            std::fs::write(&tmp, text).ctx(&tmp)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .ctx(&tmp)?;
-            std::fs::rename(&tmp, &path).ctx(&path)?;
-            crate::archive::sync_dir(data_dir)?;
-            Ok((initial.clone(), true))
+            write_durably(data_dir, MEMBERS_FILE, &text)?;
+            Ok(Members {
+                peers: initial.clone(),
+                joined,
+                fresh: true,
+            })
         }
         Err(e) => Err(Error::io(&path, e)),
     }
+}
+
+/// Writes `name` in `dir` atomically and durably (temp file, fsync, rename,
+/// directory fsync).
+fn write_durably(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text).ctx(&tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .ctx(&tmp)?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).ctx(&path)?;
+    crate::archive::sync_dir(dir)
+}
+
+/// Persists the cluster id a joining node learned (before its members
+/// file, whose presence marks the directory as set up).
+///
+/// # Errors
+///
+/// I/O errors.
+pub fn persist_cluster_id(data_dir: &Path, id: u64) -> Result<()> {
+    write_durably(
+        data_dir,
+        CLUSTER_ID_FILE,
+        &format!("{CLUSTER_ID_HEADER}\n{id:016x}\n"),
+    )
 }
 
 const CLUSTER_ID_FILE: &str = "cluster-id";
@@ -249,13 +320,7 @@ pub fn load_or_init_cluster_id(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = derive_cluster_id(members, token);
-            let tmp = data_dir.join("cluster-id.tmp");
-            std::fs::write(&tmp, format!("{CLUSTER_ID_HEADER}\n{id:016x}\n")).ctx(&tmp)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .ctx(&tmp)?;
-            std::fs::rename(&tmp, &path).ctx(&path)?;
-            crate::archive::sync_dir(data_dir)?;
+            persist_cluster_id(data_dir, id)?;
             Ok(id)
         }
         Err(e) => Err(Error::io(&path, e)),

@@ -5,6 +5,7 @@
 //! u <user key>                   -> value record (header + user value)
 //! m applied                      -> applied index:u64be, term:u64be
 //! m a <node id:u64be>            -> advertise address (UTF-8)
+//! m m <node id:u64be>            -> member record (see `membership`)
 //! m c <client id:u64be> <seq:u64be> -> encoded Outcome of that write
 //! m C <client id:u64be>          -> highest seq applied:u64be, last write time_ms:u64be
 //! ```
@@ -56,6 +57,17 @@ pub fn advertise_key(node_id: u64) -> Vec<u8> {
     k.extend_from_slice(&node_id.to_be_bytes());
     k
 }
+
+/// The member record of a node.
+#[must_use]
+pub fn member_key(node_id: u64) -> Vec<u8> {
+    let mut k = MEMBER_PREFIX.to_vec();
+    k.extend_from_slice(&node_id.to_be_bytes());
+    k
+}
+
+/// Prefix of the member records.
+pub const MEMBER_PREFIX: &[u8] = b"mm";
 
 /// The de-duplication record of one write.
 #[must_use]

@@ -8,7 +8,9 @@
 //! - [`keys`]: the engine key space (`u` user keys, `m` metadata) and the
 //!   versioned value record.
 //! - [`store`]: the engine directory, replaced whole by a snapshot install.
-//! - [`archive`]: checkpoint directory <-> snapshot bytes.
+//! - [`snapshot`]: raft snapshots as engine checkpoints on disk, streamed
+//!   to peers file by file and received straight to disk.
+//! - [`archive`]: the packed snapshots of older builds (read on restore).
 //! - [`state_machine`]: [`KvStateMachine`], the `StateMachine` on the engine:
 //!   one `WriteBatch` per applied entry holding its effects, its
 //!   de-duplication record and the applied index.
@@ -21,6 +23,8 @@
 //!   proposing them.
 //! - [`service`]: [`KvService`], kv-net's `Service`: client requests and peer
 //!   traffic.
+//! - [`membership`]: the replicated address book and the membership
+//!   requests (add, promote, remove, leader transfer).
 //! - [`server`]: [`Server`] / [`run`]: one node, from data directory to
 //!   graceful shutdown.
 //!
@@ -37,8 +41,6 @@
 //!
 //! - Peer traffic is unauthenticated: the handshake carries no proof yet, so
 //!   whoever knows the cluster id and a member id passes it.
-//! - Snapshots are built and held in memory whole (kv-raft's limit), and
-//!   streamed to followers in chunks.
 //! - De-duplication records are kept for the last 1024 writes of each client
 //!   id, and dropped once a client has not written for an hour (by the
 //!   proposers' clocks): a write retried later than that may apply twice.
@@ -49,10 +51,13 @@ pub mod archive;
 pub mod command;
 pub mod config;
 mod error;
+pub mod join;
 pub mod keys;
+pub mod membership;
 pub mod proposer;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod state_machine;
 pub mod store;
 pub mod transport;

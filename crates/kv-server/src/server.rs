@@ -26,13 +26,18 @@ use kv_net::{Listener, PeerIdentity};
 use kv_raft::{Node, Role};
 
 use crate::command::{Command, Op};
-use crate::config::{Config, load_or_init_cluster_id, load_or_init_members};
+use crate::config::{Config, load_or_init, load_or_init_cluster_id, persist_cluster_id};
 use crate::error::{Error, IoContext, Result};
+use crate::join;
 use crate::keys;
 use crate::service::KvService;
 use crate::state_machine::KvStateMachine;
 use crate::store::Store;
 use crate::transport::{HandleCell, PeerTransport};
+
+/// How often the leader looks for learners to promote, and every node
+/// for its own removal.
+const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// A started node, ready to serve.
 #[derive(Debug)]
@@ -93,8 +98,26 @@ impl Server {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).ctx(&dir)?;
         let lock = lock_data_dir(&dir)?;
-        let (members, fresh) = load_or_init_members(&dir, &config.initial_members())?;
-        if !fresh && !config.peers.is_empty() && config.peers != members {
+        let set_up = dir.join("members").exists();
+        let recorded = if !set_up && !config.join.is_empty() {
+            let joined = join::fetch_membership(
+                &config.join,
+                config.id,
+                &config.net,
+                config.request_timeout * 6,
+            )
+            .await?;
+            tracing::info!(members = ?joined.members, "joining a running cluster");
+            persist_cluster_id(&dir, joined.cluster_id)?;
+            load_or_init(&dir, &joined.members, true)?
+        } else {
+            if set_up && !config.join.is_empty() {
+                tracing::info!("--join ignored: the data directory holds the cluster's membership");
+            }
+            load_or_init(&dir, &config.initial_members(), false)?
+        };
+        let members = recorded.peers.clone();
+        if !recorded.fresh && !config.peers.is_empty() && config.peers != members {
             tracing::info!("--peers ignored: the data directory holds the cluster's membership");
         }
         if !members.contains_key(&config.id) {
@@ -124,8 +147,15 @@ impl Server {
             cluster_id,
             node_id: config.id,
         };
-        let transport = PeerTransport::start(identity, &members, &config.net, cell.clone())?;
-        let voters: Vec<u64> = members.keys().copied().collect();
+        let transport =
+            PeerTransport::start(identity, &members, &config.net, cell.clone(), store.clone())?;
+        // A node that joined starts with an empty log and waits for the
+        // leader; only the members of a new cluster bootstrap it.
+        let voters: Vec<u64> = if recorded.joined {
+            Vec::new()
+        } else {
+            members.keys().copied().collect()
+        };
         let node = {
             let (id, raft_dir, opts, voters) = (
                 config.id,
@@ -218,22 +248,30 @@ impl Server {
             Arc::downgrade(&self.service),
             self.config.snapshot_idle_timeout,
         ));
+        let promoter = tokio::spawn(crate::membership::promote_caught_up(
+            Arc::downgrade(&self.service),
+            MEMBERSHIP_CHECK_EVERY,
+        ));
         let handle = self.node.handle();
         let node = Arc::new(parking_lot::Mutex::new(Some(self.node)));
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watched = node.clone();
         let flag = failed.clone();
+        let removed =
+            crate::membership::removed(Arc::downgrade(&self.service), MEMBERSHIP_CHECK_EVERY);
         let shutdown = async move {
             tokio::select! {
                 () = shutdown => hand_over_leadership(&handle).await,
                 () = raft_stopped(&watched) => {
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
+                () = removed => {}
             }
         };
         self.listener.run(self.service.clone(), shutdown).await;
         publisher.abort();
         sweeper.abort();
+        promoter.abort();
         drop(self.service);
         let node = node.lock().take();
         let stopped = tokio::task::spawn_blocking(move || node.map_or(Ok(()), Node::shutdown))

@@ -34,9 +34,10 @@ use kv_raft::{Handle, Role};
 use crate::command::{BatchOp, Command, Op, Outcome};
 use crate::keys;
 use crate::proposer::{ProposeError, Proposer};
+use crate::snapshot::Receiver;
 use crate::state_machine::get_user;
 use crate::store::Store;
-use crate::transport::{SnapshotAssembler, SnapshotLimits, check_peer_message, decode_message};
+use crate::transport::{check_peer_message, decode_message};
 
 /// The node's request handler, shared by all connections.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ pub struct KvService {
     request_timeout: Duration,
     max_page: u32,
     max_page_bytes: usize,
-    snapshots: SnapshotAssembler,
+    snapshots: Arc<Receiver>,
     proposer: Proposer,
 }
 
@@ -116,6 +117,10 @@ impl KvService {
         peers: BTreeMap<u64, String>,
         cluster_id: u64,
     ) -> KvService {
+        let snapshots = Arc::new(Receiver::new(
+            store.snapshots().clone(),
+            config.snapshot_idle_timeout,
+        ));
         KvService {
             id: config.id,
             handle: handle.clone(),
@@ -126,10 +131,7 @@ impl KvService {
             request_timeout: config.request_timeout,
             max_page: config.max_range_page,
             max_page_bytes: config.net.max_frame_length / 2,
-            snapshots: SnapshotAssembler::new(SnapshotLimits {
-                max_bytes: config.max_snapshot_bytes,
-                idle_timeout: config.snapshot_idle_timeout,
-            }),
+            snapshots,
             proposer: Proposer::start(handle.clone(), write_limits(config)),
         }
     }
@@ -171,7 +173,32 @@ impl KvService {
         }
     }
 
-    fn not_leader(&self, leader: Option<u64>) -> Response {
+    /// The raft handle.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The engine store.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The initial members and their peer addresses (the `members` file).
+    pub(crate) fn peers(&self) -> &BTreeMap<u64, String> {
+        &self.peers
+    }
+
+    /// The cluster id of the peer handshake.
+    pub(crate) fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// What a failed raft call on a write means for the client.
+    pub(crate) fn raft_failure(&self, e: &kv_raft::Error) -> Response {
+        raft_error(self, e, true)
+    }
+
+    pub(crate) fn not_leader(&self, leader: Option<u64>) -> Response {
         let mut r = match leader {
             Some(l) if l != 0 && l != self.id => error_response(
                 0,
@@ -446,6 +473,18 @@ impl KvService {
             Some(request::Cmd::Get(g)) => return self.get(g, deadline).await,
             Some(request::Cmd::Range(q)) => return self.range(q, deadline).await,
             Some(request::Cmd::Status(_)) => return self.status().await,
+            Some(
+                cmd @ (request::Cmd::MemberList(_)
+                | request::Cmd::MemberAdd(_)
+                | request::Cmd::MemberPromote(_)
+                | request::Cmd::MemberRemove(_)
+                | request::Cmd::LeaderTransfer(_)),
+            ) => {
+                let list = matches!(cmd, request::Cmd::MemberList(_));
+                return tokio::time::timeout(self.request_timeout, self.admin(cmd))
+                    .await
+                    .map_err(|_| timeout_response(!list));
+            }
             _ => return Err(invalid("unknown command")),
         }
         Ok(resp)
@@ -502,24 +541,44 @@ impl Service for KvService {
         Ok(())
     }
 
-    async fn snapshot_chunk(&self, peer: u64, chunk: SnapshotChunk) -> Result<(), String> {
+    async fn snapshot_chunk(
+        &self,
+        peer: u64,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotChunk>, String> {
         if chunk.to != self.id {
             return Err(format!(
                 "snapshot for node {}, this is {}",
                 chunk.to, self.id
             ));
         }
-        if let Some(msg) = self.snapshots.add(peer, chunk, Instant::now())? {
-            check_peer_message(&msg, peer, self.id)?;
-            tracing::info!(
-                from = msg.from,
-                bytes = msg.get_snapshot().data.len(),
-                "snapshot received"
-            );
-            self.handle
-                .step(msg)
-                .map_err(|e| format!("cannot step snapshot: {e}"))?;
-        }
-        Ok(())
+        let (receiver, this) = (self.snapshots.clone(), self.id);
+        // Disk writes and fsyncs: off the runtime's worker threads.
+        tokio::task::spawn_blocking(move || {
+            if chunk.offer {
+                let at = receiver.offer(peer, this, &chunk)?;
+                return Ok((None, Some(kv_net::snapshot::offer_answer(&chunk, at))));
+            }
+            let msg = receiver.chunk(peer, &chunk)?;
+            Ok((msg, msg_ack(&chunk)))
+        })
+        .await
+        .map_err(|e| format!("snapshot receive task failed: {e}"))?
+        .and_then(
+            |(msg, reply): (Option<kv_raft::raft::eraftpb::Message>, _)| {
+                if let Some(msg) = msg {
+                    check_peer_message(&msg, peer, self.id)?;
+                    self.handle
+                        .step(msg)
+                        .map_err(|e| format!("cannot step snapshot: {e}"))?;
+                }
+                Ok(reply)
+            },
+        )
     }
+}
+
+/// The acknowledgement owed for a data chunk: only the last one gets one.
+fn msg_ack(chunk: &SnapshotChunk) -> Option<SnapshotChunk> {
+    chunk.last.then(|| kv_net::snapshot::snapshot_ack(chunk))
 }

@@ -5,9 +5,10 @@
 //! included — writes its effects, its de-duplication record and the applied
 //! index in **one** `WriteBatch`. After a crash the engine holds a prefix of
 //! the applied entries with a matching applied index, and the driver replays
-//! the log after it. Snapshots are engine checkpoints, which flush the
-//! memtable to fsynced tables first: the log is only compacted behind data
-//! that is durable in the engine.
+//! the log after it. Snapshots are engine checkpoints on disk (see
+//! [`crate::snapshot`]), which flush the memtable to fsynced tables first:
+//! the log is only compacted behind data that is durable in the engine, and
+//! the raft snapshot itself is a small descriptor naming the checkpoint.
 //!
 //! De-duplication: a write with a non-zero `client_id` is recorded under
 //! `(client_id, seq)` with its outcome; a retry of it returns the recorded
@@ -29,6 +30,7 @@ use kv_raft::{BoxError, StateMachine};
 use crate::command::{BatchOp, Command, Op, Outcome};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::snapshot::Descriptor;
 use crate::store::Store;
 
 /// Request numbers per client whose outcomes are remembered.
@@ -97,6 +99,7 @@ fn parse_client(v: &[u8]) -> (u64, u64) {
 pub struct KvStateMachine {
     store: Arc<Store>,
     applied: u64,
+    applied_term: u64,
 }
 
 /// The applied index and term recorded in `db` (zeros when none).
@@ -147,8 +150,12 @@ impl KvStateMachine {
     ///
     /// See [`read_applied`].
     pub fn open(store: Arc<Store>) -> Result<KvStateMachine> {
-        let (applied, _) = read_applied(store.current().db())?;
-        Ok(KvStateMachine { store, applied })
+        let (applied, applied_term) = read_applied(store.current().db())?;
+        Ok(KvStateMachine {
+            store,
+            applied,
+            applied_term,
+        })
     }
 
     /// The store the state machine writes to.
@@ -210,6 +217,17 @@ impl KvStateMachine {
             }
             Op::SetAdvertise { node_id, addr } => {
                 view.put(keys::advertise_key(node_id), addr.into_bytes());
+                Outcome::Ok
+            }
+            Op::SetMember { node_id, record } => {
+                view.put(
+                    keys::member_key(node_id),
+                    crate::membership::encode_record(record.as_ref()),
+                );
+                match record {
+                    Some(r) => view.put(keys::advertise_key(node_id), r.advertise.into_bytes()),
+                    None => view.delete(keys::advertise_key(node_id)),
+                }
                 Outcome::Ok
             }
             Op::Multi(cmds) => {
@@ -290,6 +308,7 @@ impl StateMachine for KvStateMachine {
         batch.put(keys::APPLIED, applied_record(index, term));
         generation.db().write(batch)?;
         self.applied = index;
+        self.applied_term = term;
         Ok(result)
     }
 
@@ -298,17 +317,42 @@ impl StateMachine for KvStateMachine {
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, BoxError> {
-        Ok(self.store.checkpoint()?)
+        let job = self.begin_snapshot()?;
+        job()
     }
 
     fn begin_snapshot(&mut self) -> Result<kv_raft::SnapshotJob, BoxError> {
-        // Packing reads the whole database: off the raft thread.
-        let pack = self.store.begin_checkpoint()?;
-        Ok(Box::new(move || Ok(pack()?)))
+        // A flush and hard links, here where the state is exactly that of
+        // the applied index; removing old checkpoints may take longer.
+        let descriptor = Descriptor {
+            group_id: crate::snapshot::GROUP_ID,
+            index: self.applied,
+            term: self.applied_term,
+        };
+        self.store.checkpoint(&descriptor)?;
+        let dirs = self.store.snapshots().clone();
+        Ok(Box::new(move || {
+            dirs.prune()?;
+            Ok(descriptor.encode())
+        }))
     }
 
     fn restore(&mut self, index: u64, term: u64, data: &[u8]) -> Result<(), BoxError> {
-        self.store.restore(data)?;
+        if Descriptor::is_descriptor(data) {
+            let descriptor =
+                Descriptor::decode(data).map_err(|e| Error::corruption("<raft snapshot>", e))?;
+            let name = descriptor.name();
+            let Some(pin) = self.store.snapshots().pin(&name) else {
+                return Err(Box::new(Error::corruption(
+                    self.store.snapshots().path(&name),
+                    format!("the checkpoint of the snapshot at index {index} is missing"),
+                )));
+            };
+            self.store.install(pin.path())?;
+        } else {
+            // A packed archive, as older builds made.
+            self.store.restore(data)?;
+        }
         let generation = self.store.current();
         let db = generation.db();
         let (restored, _) = read_applied(db)?;
@@ -323,6 +367,7 @@ impl StateMachine for KvStateMachine {
         batch.put(keys::APPLIED, applied_record(index, term));
         db.write(batch)?;
         self.applied = index;
+        self.applied_term = term;
         Ok(())
     }
 }
@@ -596,9 +641,24 @@ mod tests {
                 .unwrap();
         }
         let snap = a.snapshot().unwrap();
+        // The snapshot names a checkpoint, which a transfer copies over.
+        let name = Descriptor::decode(&snap).unwrap().name();
+        let copy_checkpoint = |to: &KvStateMachine| {
+            let dst = to.store().snapshots().path(&name);
+            let src = a.store().snapshots().path(&name);
+            std::fs::create_dir(&dst).unwrap();
+            for entry in std::fs::read_dir(src).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+            }
+        };
 
         let mut bsm = open(&tmp.path().join("b"));
         bsm.apply(1, 1, &cmd(0, 0, put("stale", "x"))).unwrap();
+        // Without its checkpoint the snapshot cannot be installed.
+        assert!(bsm.restore(20, 1, &snap).is_err());
+        assert_eq!(get(&bsm, "stale"), Some(b("x")));
+        copy_checkpoint(&bsm);
         bsm.restore(20, 1, &snap).unwrap();
         assert_eq!(bsm.applied_index(), 20);
         assert_eq!(get(&bsm, "stale"), None);
@@ -623,10 +683,24 @@ mod tests {
         // A damaged snapshot is refused and the old state stays.
         let mut c = open(&tmp.path().join("c"));
         c.apply(1, 1, &cmd(0, 0, put("keep", "1"))).unwrap();
+        copy_checkpoint(&c);
         let mut bad = snap.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
         assert!(c.restore(20, 1, &bad).is_err());
+        assert_eq!(get(&c, "keep"), Some(b("1")));
+        // So is a checkpoint with a damaged table.
+        let dir = c.store().snapshots().path(&name);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sst") {
+                let mut bytes = std::fs::read(&path).unwrap();
+                let n = bytes.len();
+                bytes[n - 10] ^= 0xff;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        assert!(c.restore(20, 1, &snap).is_err());
         assert_eq!(get(&c, "keep"), Some(b("1")));
     }
 

@@ -4,10 +4,12 @@
 //! ```text
 //! <root>/CURRENT      "N\n": the generation in use (replaced atomically)
 //! <root>/gen-N/       the kv-engine database of generation N
-//! <root>/snap-tmp/    scratch space of a checkpoint being packed
+//! <root>/snapshots/   checkpoints of raft snapshots (see `snapshot`)
 //! ```
 //!
-//! Installing a snapshot unpacks it into `gen-(N+1)`, fsyncs it, switches
+//! Installing a snapshot links its checkpoint's tables into `gen-(N+1)`
+//! (the other, small files are copied: the engine appends to them), fsyncs
+//! it, switches
 //! `CURRENT` (temp file, fsync, rename, fsync directory), then opens the new
 //! database and swaps it in. A crash at any instant leaves `CURRENT` naming
 //! either the old or the new, complete generation; the other one is removed on
@@ -24,9 +26,12 @@ use parking_lot::RwLock;
 
 use crate::archive;
 use crate::error::{Error, IoContext, Result};
+use crate::snapshot::{Descriptor, SnapshotDirs};
 
 const CURRENT: &str = "CURRENT";
+/// Scratch space of the packed checkpoints of older builds.
 const SNAP_TMP: &str = "snap-tmp";
+const SNAPSHOTS: &str = "snapshots";
 
 /// One generation of the database.
 pub struct Generation {
@@ -70,6 +75,7 @@ pub struct Store {
     root: PathBuf,
     opts: Options,
     current: RwLock<Arc<Generation>>,
+    snapshots: Arc<SnapshotDirs>,
 }
 
 fn gen_dir(root: &Path, n: u64) -> PathBuf {
@@ -134,10 +140,12 @@ impl Store {
                 std::fs::remove_dir_all(entry.path()).ctx(entry.path())?;
             }
         }
+        let snapshots = Arc::new(SnapshotDirs::open(root.join(SNAPSHOTS))?);
         let db = open_db(&path, &opts)?;
         Ok(Store {
             root,
             opts,
+            snapshots,
             current: RwLock::new(Arc::new(Generation {
                 db: Some(db),
                 path,
@@ -155,35 +163,42 @@ impl Store {
         self.current.read().clone()
     }
 
-    /// A consistent copy of the current database, packed into an archive.
+    /// The checkpoints of raft snapshots.
+    #[must_use]
+    pub fn snapshots(&self) -> &Arc<SnapshotDirs> {
+        &self.snapshots
+    }
+
+    /// Checkpoints the current database as the raft snapshot `descriptor`
+    /// names (a flush and hard links; see [`SnapshotDirs::create`]).
     ///
     /// # Errors
     ///
     /// Engine and I/O errors.
-    pub fn checkpoint(&self) -> Result<Vec<u8>> {
-        self.begin_checkpoint()?()
+    pub fn checkpoint(&self, descriptor: &Descriptor) -> Result<()> {
+        self.snapshots.create(self.current().db(), descriptor)
     }
 
-    /// [`Store::checkpoint`] in two steps: the consistent copy is taken now
-    /// (a flush and hard links); the returned function packs it into the
-    /// archive, and may run on another thread, while the database goes on
-    /// changing. One checkpoint at a time.
+    /// Replaces the database with the checkpoint in `dir` (see the module
+    /// doc); `dir` itself is left as it is.
     ///
     /// # Errors
     ///
-    /// Engine and I/O errors, now or from the returned function.
-    pub fn begin_checkpoint(&self) -> Result<impl FnOnce() -> Result<Vec<u8>> + Send + 'static> {
-        let tmp = self.root.join(SNAP_TMP);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).ctx(&tmp)?;
-        }
-        self.current().db().checkpoint(&tmp)?;
-        Ok(move || {
-            let packed = archive::pack(&tmp);
-            let removed = std::fs::remove_dir_all(&tmp).ctx(&tmp);
-            let packed = packed?;
-            removed?;
-            Ok(packed)
+    /// Engine and I/O errors; the old database stays in use.
+    pub fn install(&self, dir: &Path) -> Result<()> {
+        self.replace_with(|path| {
+            std::fs::create_dir(path).ctx(path)?;
+            for (name, _) in SnapshotDirs::files(dir)? {
+                let (src, dst) = (dir.join(&name), path.join(&name));
+                let linked = name.ends_with(".sst") && std::fs::hard_link(&src, &dst).is_ok();
+                if !linked {
+                    std::fs::copy(&src, &dst).ctx(&dst)?;
+                    std::fs::File::open(&dst)
+                        .and_then(|f| f.sync_all())
+                        .ctx(&dst)?;
+                }
+            }
+            archive::sync_dir(path)
         })
     }
 
@@ -194,13 +209,19 @@ impl Store {
     /// [`Error::Corruption`] for a damaged archive (the old database stays),
     /// engine and I/O errors.
     pub fn restore(&self, archive: &[u8]) -> Result<()> {
+        self.replace_with(|path| archive::unpack(archive, path, Path::new("<received snapshot>")))
+    }
+
+    /// Makes a new generation with `fill` (given its empty path, which it
+    /// must create) and switches to it.
+    fn replace_with(&self, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let old = self.current();
         let number = old.number + 1;
         let path = gen_dir(&self.root, number);
         if path.exists() {
             std::fs::remove_dir_all(&path).ctx(&path)?;
         }
-        if let Err(e) = archive::unpack(archive, &path, Path::new("<received snapshot>")) {
+        if let Err(e) = fill(&path) {
             let _ = std::fs::remove_dir_all(&path);
             return Err(e);
         }

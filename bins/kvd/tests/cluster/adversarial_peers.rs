@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use crate::common::{Cluster, serial};
 use crate::peer_wire::{
-    MSG_APPEND, MSG_HEARTBEAT, chunk, closed_after, cluster_id, frames, hello, peak_rss_kib, peer,
-    peer_of_length, raft_message,
+    MSG_APPEND, MSG_HEARTBEAT, chunk, closed_after, cluster_id, frames, hello, offer, peak_rss_kib,
+    peer, peer_of_length, raft_message, snapshot_message,
 };
 
 const LIMIT: usize = 16 << 20;
@@ -115,15 +115,32 @@ async fn hostile_peers_are_cut_off_and_the_cluster_keeps_serving() {
             ]),
         ),
         (
-            "snapshot chunk not at offset 0",
+            "snapshot chunk without an offer",
             follower,
-            frames(&[hello(cid, l), chunk(l, f, 5, vec![1; 100], false)]),
+            frames(&[hello(cid, l), chunk(l, f, 0, vec![1; 100], false)]),
+        ),
+        (
+            "snapshot offer carrying no snapshot",
+            follower,
+            frames(&[
+                hello(cid, l),
+                offer(l, f, raft_message(MSG_HEARTBEAT, f, l, term, 0), &[]),
+            ]),
+        ),
+        (
+            "snapshot offer of a file outside its directory",
+            follower,
+            frames(&[
+                hello(cid, l),
+                offer(l, f, snapshot_message(f, l, term, 5), &[("../../LOCK", 10)]),
+            ]),
         ),
         (
             "snapshot chunks with a gap",
             follower,
             frames(&[
                 hello(cid, l),
+                offer(l, f, snapshot_message(f, l, term, 5), &[("a.sst", 400)]),
                 chunk(l, f, 0, vec![1; 100], false),
                 chunk(l, f, 200, vec![1; 100], false),
             ]),
@@ -132,11 +149,6 @@ async fn hostile_peers_are_cut_off_and_the_cluster_keeps_serving() {
             "snapshot chunk from a non-member on a member's connection",
             follower,
             frames(&[hello(cid, l), chunk(9, f, 0, vec![1; 100], false)]),
-        ),
-        (
-            "snapshot whose last chunk is no snapshot",
-            follower,
-            frames(&[hello(cid, l), chunk(l, f, 0, vec![1; 100], true)]),
         ),
         (
             "frame at the limit, no handshake",

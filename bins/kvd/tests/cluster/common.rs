@@ -102,7 +102,12 @@ impl Node {
             .expect("open log");
         let child = Command::new(kvd_bin())
             .args(["--id", &self.id.to_string(), "--listen", &self.listen])
-            .args(["--peers", &self.peers, "--log-level", "info"])
+            .args(if self.peers.is_empty() {
+                vec![]
+            } else {
+                vec!["--peers", &self.peers]
+            })
+            .args(["--log-level", "info"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
@@ -216,6 +221,27 @@ impl Cluster {
             })
             .collect();
         Cluster { nodes, dir }
+    }
+
+    /// A new node (not started) that joins the cluster through the
+    /// current nodes' endpoints (`kvd --join`); returns its index. Its id is
+    /// one more than the largest so far.
+    pub fn add_joining(&mut self, extra: &[&str]) -> usize {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let mut args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        args.push("--join".into());
+        args.push(self.endpoints().join(","));
+        self.nodes.push(Node {
+            id,
+            listen,
+            data_dir: self.dir.path().join(format!("node{id}")),
+            log: self.dir.path().join(format!("node{id}.log")),
+            extra: args,
+            peers: String::new(),
+            child: None,
+        });
+        self.nodes.len() - 1
     }
 
     pub fn start_all(&mut self) {

@@ -13,6 +13,7 @@ mod connection_abuse;
 mod fail_stop;
 mod failover;
 mod kvctl_commands;
+mod membership;
 mod overload;
 mod partition;
 mod peer_wire;

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_net::PROTOCOL_VERSION;
-use kv_net::proto::{Frame, Hello, PeerMessage, SnapshotChunk};
+use kv_net::proto::{Frame, Hello, PeerMessage, SnapshotChunk, SnapshotFile};
 use protobuf::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// raft-rs `MessageType` numbers.
 pub const MSG_APPEND: u64 = 3;
+pub const MSG_SNAPSHOT: u64 = 7;
 pub const MSG_HEARTBEAT: u64 = 8;
 
 /// A serialized raft-rs `eraftpb.Message` with the fields these tests set.
@@ -26,6 +27,34 @@ pub fn raft_message(msg_type: u64, to: u64, from: u64, term: u64, commit: u64) -
         }
     }
     Bytes::from(m)
+}
+
+/// A serialized raft-rs `MsgSnapshot` whose data is a valid descriptor of
+/// a snapshot at (`index`, `term`).
+pub fn snapshot_message(to: u64, from: u64, term: u64, index: u64) -> Bytes {
+    let data = kv_server::snapshot::Descriptor {
+        group_id: 1,
+        index,
+        term,
+    }
+    .encode();
+    let mut meta = Vec::new();
+    for (field, value) in [(2u8, index), (3, term)] {
+        meta.push(field << 3);
+        put_varint(&mut meta, value);
+    }
+    let mut snap = Vec::new();
+    put_bytes(&mut snap, 1, &data);
+    put_bytes(&mut snap, 2, &meta);
+    let mut m = raft_message(MSG_SNAPSHOT, to, from, term, 0).to_vec();
+    put_bytes(&mut m, 9, &snap);
+    Bytes::from(m)
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2); // length-delimited wire type
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -62,8 +91,32 @@ pub fn chunk(from: u64, to: u64, offset: u64, data: Vec<u8>, last: bool) -> Fram
     c.to = to;
     c.snapshot_id = 77;
     c.offset = offset;
+    c.crc32 = crc32fast::hash(&data);
     c.data = data.into();
     c.last = last;
+    let mut f = Frame::new();
+    f.set_snapshot_chunk(c);
+    f
+}
+
+/// A snapshot offer of `files` carrying `raft_message`.
+pub fn offer(from: u64, to: u64, raft_message: Bytes, files: &[(&str, u64)]) -> Frame {
+    let mut c = SnapshotChunk::new();
+    c.from = from;
+    c.to = to;
+    c.snapshot_id = 77;
+    c.group_id = 1;
+    c.offer = true;
+    c.raft_message = raft_message;
+    c.files = files
+        .iter()
+        .map(|(name, size)| {
+            let mut f = SnapshotFile::new();
+            f.name = (*name).to_owned();
+            f.size = *size;
+            f
+        })
+        .collect();
     let mut f = Frame::new();
     f.set_snapshot_chunk(c);
     f

@@ -16,7 +16,7 @@ use super::{Admission, Service, error_response};
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::proto::{ErrorCode, Frame, Hello, Request, Response, SnapshotChunk, frame};
+use crate::proto::{ErrorCode, Frame, Hello, Request, Response, frame};
 
 /// Serves one connection.
 pub(super) struct Handler<S> {
@@ -147,13 +147,15 @@ impl<S: Service> Handler<S> {
                 }
                 Some(frame::Body::SnapshotChunk(chunk)) => {
                     let peer = speaker.peer(chunk.from, "snapshot chunk")?;
-                    let ack = chunk.last.then(|| snapshot_ack(&chunk));
-                    self.service
+                    let reply = self
+                        .service
                         .snapshot_chunk(peer, chunk)
                         .await
                         .map_err(|e| Error::Protocol(format!("snapshot chunk refused: {e}")))?;
-                    if let Some(ack) = ack {
-                        let _ = tx.send((ack, None));
+                    if let Some(reply) = reply {
+                        let mut frame = Frame::new();
+                        frame.set_snapshot_chunk(reply);
+                        let _ = tx.send((frame, None));
                     }
                 }
                 Some(frame::Body::Hello(hello)) => {
@@ -261,20 +263,6 @@ async fn answer<S: Service>(service: &S, request: Request) -> Response {
             response
         }
     }
-}
-
-/// The acknowledgement of a fully received snapshot: a data-less last chunk
-/// sent back to the sender.
-fn snapshot_ack(chunk: &SnapshotChunk) -> Frame {
-    let mut ack = SnapshotChunk::new();
-    ack.from = chunk.to;
-    ack.to = chunk.from;
-    ack.snapshot_id = chunk.snapshot_id;
-    ack.offset = chunk.offset + chunk.data.len() as u64;
-    ack.last = true;
-    let mut frame = Frame::new();
-    frame.set_snapshot_chunk(ack);
-    frame
 }
 
 /// Writes frames as they arrive, batching those that are ready together into

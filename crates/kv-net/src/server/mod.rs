@@ -81,9 +81,11 @@ pub trait Service: Send + Sync + 'static {
         async { Err("this node does not accept raft messages".to_owned()) }
     }
 
-    /// Takes one chunk of a snapshot from `peer` (the handshake's member,
-    /// `chunk.from`); chunks of one snapshot arrive in order on one
-    /// connection.
+    /// Takes one frame of a snapshot transfer from `peer` (the handshake's
+    /// member, `chunk.from`); the frames of one transfer arrive in order on
+    /// one connection (see `SnapshotChunk` in the protocol). Returns the
+    /// frame to send back, if any: the answer to an offer, the
+    /// acknowledgement of the last chunk.
     ///
     /// # Errors
     ///
@@ -93,7 +95,7 @@ pub trait Service: Send + Sync + 'static {
         &self,
         peer: u64,
         chunk: SnapshotChunk,
-    ) -> impl Future<Output = std::result::Result<(), String>> + Send {
+    ) -> impl Future<Output = std::result::Result<Option<SnapshotChunk>, String>> + Send {
         drop((peer, chunk));
         async { Err("this node does not accept snapshots".to_owned()) }
     }

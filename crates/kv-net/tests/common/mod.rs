@@ -56,6 +56,8 @@ pub struct MemKv {
     pub peer_tx: Option<mpsc::UnboundedSender<PeerMessage>>,
     pub chunk_tx: Option<mpsc::UnboundedSender<SnapshotChunk>>,
     pub refuse_snapshots: bool,
+    /// What the service answers to a snapshot offer: resume at this offset.
+    pub snapshot_resume_at: u64,
 }
 
 fn ok_put() -> Response {
@@ -221,15 +223,27 @@ impl Service for MemKv {
         Ok(())
     }
 
-    async fn snapshot_chunk(&self, peer: u64, chunk: SnapshotChunk) -> Result<(), String> {
+    async fn snapshot_chunk(
+        &self,
+        peer: u64,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotChunk>, String> {
         assert_eq!(peer, chunk.from, "kv-net checks the sender");
         if self.refuse_snapshots {
             return Err("no thanks".into());
         }
+        let reply = if chunk.offer {
+            Some(kv_net::snapshot::offer_answer(
+                &chunk,
+                self.snapshot_resume_at,
+            ))
+        } else {
+            chunk.last.then(|| kv_net::snapshot::snapshot_ack(&chunk))
+        };
         if let Some(tx) = &self.chunk_tx {
             let _ = tx.send(chunk);
         }
-        Ok(())
+        Ok(reply)
     }
 }
 

@@ -47,6 +47,9 @@ pub struct PeerProgress {
     pub snapshot_pending: bool,
     /// Whether it is a learner.
     pub learner: bool,
+    /// Whether the leader heard from it within the last election timeout
+    /// (check-quorum's notion of alive).
+    pub recent_active: bool,
 }
 
 /// A point-in-time view of a node.

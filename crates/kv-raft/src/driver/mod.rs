@@ -242,6 +242,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                         next_index: pr.next_idx,
                         snapshot_pending: pr.pending_snapshot != 0,
                         learner: cs.learners.contains(id),
+                        recent_active: pr.recent_active,
                     },
                 );
             }

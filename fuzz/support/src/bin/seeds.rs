@@ -207,17 +207,34 @@ fn snapshot_message() -> Message {
     s.mut_metadata().index = 40;
     s.mut_metadata().term = 6;
     s.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    let descriptor = kv_server::snapshot::Descriptor {
+        group_id: 1,
+        index: 40,
+        term: 6,
+    };
+    s.data = descriptor.encode().into();
     m.set_snapshot(s);
     m
 }
 
+fn snapshot_offer(files: &[(&str, u64)]) -> proto::SnapshotChunk {
+    let mut c = proto::SnapshotChunk::new();
+    (c.from, c.to, c.snapshot_id, c.group_id, c.offer) = (1, 2, 40, 1, true);
+    c.raft_message = Bytes::from(snapshot_message().write_to_bytes().unwrap_or_default());
+    for (name, size) in files {
+        let mut f = proto::SnapshotFile::new();
+        f.name = (*name).to_owned();
+        f.size = *size;
+        c.files.push(f);
+    }
+    c
+}
+
 fn snapshot_chunk(offset: u64, data: &'static [u8], last: bool) -> proto::SnapshotChunk {
     let mut c = proto::SnapshotChunk::new();
-    (c.from, c.to, c.snapshot_id, c.offset, c.last) = (1, 2, 1, offset, last);
+    (c.from, c.to, c.snapshot_id, c.offset, c.last) = (1, 2, 40, offset, last);
     c.data = Bytes::from_static(data);
-    if last {
-        c.raft_message = Bytes::from(snapshot_message().write_to_bytes().unwrap_or_default());
-    }
+    c.crc32 = crc32fast::hash(data);
     c
 }
 
@@ -231,6 +248,7 @@ fn raft_message_seeds(out: &mut Out) -> Res<()> {
         )?;
     }
     let chunks = [
+        snapshot_offer(&[("000005.sst", 15), ("MANIFEST-000007", 7)]),
         snapshot_chunk(0, b"first part ", false),
         snapshot_chunk(11, b"second part", false),
         snapshot_chunk(22, b"", true),
