@@ -102,6 +102,11 @@ pub enum Cmd {
         #[command(subcommand)]
         what: MemberCmd,
     },
+    /// Backups: `snapshot save FILE`, `snapshot info FILE`.
+    Snapshot {
+        #[command(subcommand)]
+        what: SnapshotCmd,
+    },
     /// Leadership: `leader transfer ID`.
     Leader {
         #[command(subcommand)]
@@ -137,6 +142,16 @@ pub enum MemberCmd {
     Promote { id: u64 },
     /// Remove node ID; removing the leader hands leadership over first.
     Remove { id: u64 },
+}
+
+/// `snapshot` subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum SnapshotCmd {
+    /// Stream a consistent copy of the whole store (every write
+    /// acknowledged before the command began) from the leader to FILE.
+    Save { file: String },
+    /// Verify FILE and print its index, term, size, checksum and key count.
+    Info { file: String },
 }
 
 /// `leader` subcommands.

@@ -276,6 +276,7 @@ async fn execute(client: &Client, cmd: Cmd, json: bool) -> Result<Rendered, Rend
         }
         Cmd::Status => status(client, json).await,
         Cmd::Member { what } => crate::admin::member(client, what, json).await?,
+        Cmd::Snapshot { what } => crate::admin::snapshot(client, what, json).await?,
         Cmd::Leader {
             what: crate::cli::LeaderCmd::Transfer { id },
         } => {

@@ -33,6 +33,11 @@ struct Args {
     /// `kvctl member add` first. Ignored on restart.
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
+    /// Start a new data directory from a snapshot file made by `kvctl
+    /// snapshot save` (every node of the new cluster restores the same file
+    /// with the same --peers). Ignored on restart.
+    #[arg(long)]
+    restore: Option<PathBuf>,
     /// Data directory.
     #[arg(long, default_value = "./kvd-data")]
     data_dir: PathBuf,
@@ -92,6 +97,7 @@ fn config(args: &Args) -> Result<Config> {
         config.peers = parse_peers(peers)?;
     }
     config.join.clone_from(&args.join);
+    config.restore.clone_from(&args.restore);
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
     }

@@ -143,3 +143,106 @@ impl Client {
         self.change(proto::request::Cmd::LeaderTransfer(t)).await
     }
 }
+
+/// A backup the leader has made and keeps for this client to read
+/// ([`Client::snapshot_begin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupHandle {
+    /// The backup's name on the node.
+    pub backup: String,
+    /// Applied index of the state.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// User keys in it.
+    pub keys: u64,
+    /// Its files and their lengths, in stream order.
+    pub files: Vec<(String, u64)>,
+    /// The node that holds it.
+    pub node_addr: String,
+}
+
+impl Client {
+    /// Asks the leader for a backup holding every write acknowledged before
+    /// this call; read it with [`Client::snapshot_read`], then
+    /// [`Client::snapshot_release`] it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] (definite: nothing changes).
+    pub async fn snapshot_begin(&self) -> Result<BackupHandle> {
+        let cmd = proto::request::Cmd::SnapshotSave(proto::SnapshotSave::new());
+        match self.admin(cmd, Kind::Read).await? {
+            response::Result::SnapshotSave(r) => Ok(BackupHandle {
+                backup: r.backup,
+                index: r.index,
+                term: r.term,
+                keys: r.keys,
+                files: r.files.into_iter().map(|f| (f.name, f.size)).collect(),
+                node_addr: r.node_addr,
+            }),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn backup_call(&self, addr: &str, cmd: proto::request::Cmd) -> Result<response::Result> {
+        let attempt = async {
+            let conn = self.conn(addr).await?;
+            conn.call(write_request(cmd)).await.map_err(|e| {
+                self.forget_conn(addr);
+                Error::Unavailable {
+                    message: e.to_string(),
+                    definite: true,
+                }
+            })
+        };
+        let resp = tokio::time::timeout(self.inner.opts.timeout, attempt)
+            .await
+            .map_err(|_| Error::Timeout { definite: true })??;
+        match resp.result {
+            Some(response::Result::Error(e)) => Err(Error::Unavailable {
+                message: e.message,
+                definite: true,
+            }),
+            Some(r) => Ok(r),
+            None => Err(unexpected()),
+        }
+    }
+
+    /// Up to `len` bytes of the backup's stream at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`]; an expired or unknown backup.
+    pub async fn snapshot_read(
+        &self,
+        handle: &BackupHandle,
+        offset: u64,
+        len: u32,
+    ) -> Result<bytes::Bytes> {
+        let mut r = proto::SnapshotRead::new();
+        r.backup.clone_from(&handle.backup);
+        r.offset = offset;
+        r.length = len;
+        match self
+            .backup_call(&handle.node_addr, proto::request::Cmd::SnapshotRead(r))
+            .await?
+        {
+            response::Result::SnapshotData(d) => Ok(d.data),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Lets the node drop the backup.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`].
+    pub async fn snapshot_release(&self, handle: &BackupHandle) -> Result<()> {
+        let mut r = proto::SnapshotRelease::new();
+        r.backup.clone_from(&handle.backup);
+        self.backup_call(&handle.node_addr, proto::request::Cmd::SnapshotRelease(r))
+            .await
+            .map(drop)
+    }
+}

@@ -49,7 +49,7 @@ use parking_mutex::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-pub use admin::{MemberInfo, Membership};
+pub use admin::{BackupHandle, MemberInfo, Membership};
 pub use error::{Error, Result};
 
 /// Poison-free mutex over `std::sync::Mutex`.

@@ -24,6 +24,9 @@ pub struct Config {
     /// node, with an empty data directory, joins it (`kvd --join`; it must
     /// have been added with `kvctl member add`). Ignored on restart.
     pub join: Vec<String>,
+    /// A snapshot file (`kvctl snapshot save`) a new data directory starts
+    /// from (`kvd --restore`). Ignored on restart.
+    pub restore: Option<PathBuf>,
     /// Where the node keeps its data.
     pub data_dir: PathBuf,
     /// Raft tunables.
@@ -59,6 +62,7 @@ impl Config {
             advertise: None,
             peers: BTreeMap::new(),
             join: Vec::new(),
+            restore: None,
             data_dir: data_dir.into(),
             raft: kv_raft::Options::default(),
             net: kv_net::Options::default(),
@@ -96,6 +100,12 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.id == 0 {
             return Err(Error::Config("node id must be positive".into()));
+        }
+        if !self.join.is_empty() && self.restore.is_some() {
+            return Err(Error::Config(
+                "--join and --restore exclude each other: a joining node gets its data from the cluster"
+                    .into(),
+            ));
         }
         if !self.join.is_empty() && !self.peers.is_empty() {
             return Err(Error::Config(

@@ -10,6 +10,8 @@
 //! - [`store`]: the engine directory, replaced whole by a snapshot install.
 //! - [`snapshot`]: raft snapshots as engine checkpoints on disk, streamed
 //!   to peers file by file and received straight to disk.
+//! - [`backup`]: `kvctl snapshot save` (checkpoints read by the client)
+//!   and `kvd --restore`, with the backup file format.
 //! - [`archive`]: the packed snapshots of older builds (read on restore).
 //! - [`state_machine`]: [`KvStateMachine`], the `StateMachine` on the engine:
 //!   one `WriteBatch` per applied entry holding its effects, its
@@ -48,6 +50,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod backup;
 pub mod command;
 pub mod config;
 mod error;

@@ -99,6 +99,29 @@ impl Server {
         std::fs::create_dir_all(&dir).ctx(&dir)?;
         let lock = lock_data_dir(&dir)?;
         let set_up = dir.join("members").exists();
+        let engine_opts = kv_engine::Options {
+            sync: SyncMode::Never,
+            ..kv_engine::Options::default()
+        };
+        if let Some(file) = config.restore.clone().filter(|_| !set_up) {
+            // Before the members file, whose presence marks the directory
+            // as set up: an interrupted restore is redone on the next start.
+            let (root, opts, scratch) =
+                (dir.join("kv"), engine_opts.clone(), dir.join("restore-tmp"));
+            let header = tokio::task::spawn_blocking(move || {
+                let store = Store::open(root, opts)?;
+                crate::backup::restore(&store, &file, &scratch)
+            })
+            .await
+            .map_err(join_error)??;
+            tracing::info!(
+                index = header.index,
+                keys = header.keys,
+                "data directory restored from a snapshot file"
+            );
+        } else if set_up && config.restore.is_some() {
+            tracing::info!("--restore ignored: the data directory already holds data");
+        }
         let recorded = if !set_up && !config.join.is_empty() {
             let joined = join::fetch_membership(
                 &config.join,
@@ -128,10 +151,6 @@ impl Server {
             )));
         }
         let cluster_id = load_or_init_cluster_id(&dir, &members, config.cluster_token.as_deref())?;
-        let engine_opts = kv_engine::Options {
-            sync: SyncMode::Never,
-            ..kv_engine::Options::default()
-        };
         let store = {
             let root = dir.join("kv");
             let opts = engine_opts.clone();

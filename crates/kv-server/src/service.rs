@@ -52,6 +52,7 @@ pub struct KvService {
     max_page: u32,
     max_page_bytes: usize,
     snapshots: Arc<Receiver>,
+    backups: Arc<crate::backup::Backups>,
     proposer: Proposer,
 }
 
@@ -121,7 +122,9 @@ impl KvService {
             store.snapshots().clone(),
             config.snapshot_idle_timeout,
         ));
+        let backups = Arc::new(crate::backup::Backups::new(store.snapshots().clone()));
         KvService {
+            backups,
             id: config.id,
             handle: handle.clone(),
             store,
@@ -159,6 +162,7 @@ impl KvService {
     /// Drops snapshot transfers that received nothing for the idle timeout.
     pub fn expire_snapshots(&self) {
         self.snapshots.expire(Instant::now());
+        self.backups.expire(Instant::now());
     }
 
     /// Whether `id` belongs to the cluster now: raft's current
@@ -308,6 +312,37 @@ impl KvService {
                 Err(r)
             }
         }
+    }
+
+    /// Checkpoints a state holding every write acknowledged before the
+    /// request (ReadIndex first) as a backup for the client to read.
+    async fn snapshot_save(&self, deadline: TokioInstant) -> Result<Response, Response> {
+        self.read_barrier(false, deadline).await?;
+        let (backups, store) = (self.backups.clone(), self.store.clone());
+        let (name, header) = tokio::task::spawn_blocking(move || backups.save(&store))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(format!("cannot make the backup: {e}")))?;
+        tracing::info!(backup = %name, index = header.index, keys = header.keys, "backup made");
+        let mut r = proto::SnapshotSaveResult::new();
+        r.backup = name;
+        r.index = header.index;
+        r.term = header.term;
+        r.keys = header.keys;
+        r.node_addr.clone_from(&self.advertise);
+        r.files = header
+            .files
+            .into_iter()
+            .map(|(name, size)| {
+                let mut f = proto::SnapshotFile::new();
+                f.name = name;
+                f.size = size;
+                f
+            })
+            .collect();
+        let mut resp = Response::new();
+        resp.result = Some(proto::response::Result::SnapshotSave(r));
+        Ok(resp)
     }
 
     /// Waits until a linearizable read may be served locally.
@@ -484,6 +519,23 @@ impl KvService {
                 return tokio::time::timeout(self.request_timeout, self.admin(cmd))
                     .await
                     .map_err(|_| timeout_response(!list));
+            }
+            Some(request::Cmd::SnapshotSave(_)) => return self.snapshot_save(deadline).await,
+            Some(request::Cmd::SnapshotRead(r)) => {
+                let backups = self.backups.clone();
+                let data = tokio::task::spawn_blocking(move || {
+                    backups.read(&r.backup, r.offset, r.length)
+                })
+                .await
+                .map_err(|e| internal(e.to_string()))?
+                .map_err(|e| invalid(e.to_string()))?;
+                let mut d = proto::SnapshotData::new();
+                d.data = Bytes::from(data);
+                resp.result = Some(proto::response::Result::SnapshotData(d));
+            }
+            Some(request::Cmd::SnapshotRelease(r)) => {
+                self.backups.release(&r.backup);
+                resp.result = Some(proto::response::Result::Admin(proto::AdminResult::new()));
             }
             _ => return Err(invalid("unknown command")),
         }

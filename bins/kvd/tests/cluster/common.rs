@@ -35,23 +35,22 @@ pub fn kvd_bin() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kvd")), PathBuf::from)
 }
 
-/// `kvctl` next to `kvd` in the target directory; built on demand.
+/// `kvctl` next to `kvd` in the target directory, built (or brought up to
+/// date: an old binary would test old code) once per run.
 pub fn kvctl_bin() -> PathBuf {
     let kvd = kvd_bin();
     let dir = kvd.parent().expect("kvd has a directory");
     let kvctl = dir.join("kvctl");
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
-        if !kvctl.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-q", "-p", "kvctl"]);
-            if dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("running cargo build -p kvctl");
-            assert!(status.success(), "cargo build -p kvctl failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "kvctl"]);
+        if dir.ends_with("release") {
+            cmd.arg("--release");
         }
+        let status = cmd.status().expect("running cargo build -p kvctl");
+        assert!(status.success(), "cargo build -p kvctl failed");
     });
     assert!(
         kvctl.exists(),

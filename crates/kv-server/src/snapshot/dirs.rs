@@ -22,6 +22,8 @@ use crate::error::{Error, IoContext, Result};
 pub const KEEP: usize = 2;
 
 const INCOMING: &str = "incoming";
+/// Names of the checkpoints kept for backups (`kvctl snapshot save`).
+pub const BACKUP_PREFIX: &str = "backup-";
 
 /// The `snapshots/` directory of an engine store.
 #[derive(Debug)]
@@ -71,7 +73,7 @@ impl SnapshotDirs {
             let entry = entry.ctx(&root)?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".tmp") || name == INCOMING {
+            if name.ends_with(".tmp") || name == INCOMING || name.starts_with(BACKUP_PREFIX) {
                 std::fs::remove_dir_all(entry.path()).ctx(entry.path())?;
             }
         }
@@ -101,7 +103,16 @@ impl SnapshotDirs {
     ///
     /// Engine and I/O errors.
     pub fn create(&self, db: &Db, descriptor: &Descriptor) -> Result<()> {
-        let name = descriptor.name();
+        self.create_named(db, &descriptor.name())
+    }
+
+    /// Checkpoints `db` into the directory `name`.
+    ///
+    /// # Errors
+    ///
+    /// Engine and I/O errors.
+    pub fn create_named(&self, db: &Db, name: &str) -> Result<()> {
+        let name = name.to_owned();
         let tmp = self.root.join(format!("{name}.tmp"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).ctx(&tmp)?;
@@ -178,8 +189,9 @@ impl SnapshotDirs {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.root).ctx(&self.root)? {
             let entry = entry.ctx(&self.root)?;
+            // Checkpoints of raft snapshots only: `<index>-<term>`.
             if let Ok(name) = entry.file_name().into_string()
-                && name != INCOMING
+                && name.starts_with(|c: char| c.is_ascii_digit())
                 && !name.ends_with(".tmp")
             {
                 names.push(name);
