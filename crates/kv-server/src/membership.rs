@@ -376,15 +376,23 @@ impl KvService {
     }
 }
 
+/// Waits `every`, then gives the service and its raft status (`None` if
+/// the node did not answer); `None` once the service is gone.
+async fn tick(
+    service: &std::sync::Weak<KvService>,
+    every: Duration,
+) -> Option<(std::sync::Arc<KvService>, Option<Status>)> {
+    tokio::time::sleep(every).await;
+    let service = service.upgrade()?;
+    let status = service.handle().status().await.ok();
+    Some((service, status))
+}
+
 /// On the leader: promotes every learner added as a voter once it has
 /// caught up. Runs until the task is aborted.
 pub async fn promote_caught_up(service: std::sync::Weak<KvService>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(service) = service.upgrade() else {
-            return;
-        };
-        let Ok(status) = service.handle().status().await else {
+    while let Some((service, status)) = tick(&service, every).await {
+        let Some(status) = status else {
             continue;
         };
         if status.role != Role::Leader || status.learners.is_empty() {
@@ -407,12 +415,8 @@ pub async fn promote_caught_up(service: std::sync::Weak<KvService>, every: Durat
 /// Completes once this node has applied a configuration that no longer
 /// holds it (it was removed); logs so.
 pub async fn removed(service: std::sync::Weak<KvService>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(service) = service.upgrade() else {
-            return;
-        };
-        let Ok(status) = service.handle().status().await else {
+    while let Some((_service, status)) = tick(&service, every).await {
+        let Some(status) = status else {
             continue;
         };
         let known = !(status.voters.is_empty() && status.learners.is_empty());

@@ -52,7 +52,7 @@ pub struct KvService {
     max_page: u32,
     max_page_bytes: usize,
     snapshots: Arc<Receiver>,
-    backups: Arc<crate::backup::Backups>,
+    pub(crate) backups: Arc<crate::backup::Backups>,
     proposer: Proposer,
 }
 
@@ -175,6 +175,11 @@ impl KvService {
             Ok(Ok(s)) => s.voters.contains(&id) || s.learners.contains(&id),
             _ => false,
         }
+    }
+
+    /// This node's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The raft handle.
@@ -314,39 +319,8 @@ impl KvService {
         }
     }
 
-    /// Checkpoints a state holding every write acknowledged before the
-    /// request (ReadIndex first) as a backup for the client to read.
-    async fn snapshot_save(&self, deadline: TokioInstant) -> Result<Response, Response> {
-        self.read_barrier(false, deadline).await?;
-        let (backups, store) = (self.backups.clone(), self.store.clone());
-        let (name, header) = tokio::task::spawn_blocking(move || backups.save(&store))
-            .await
-            .map_err(|e| internal(e.to_string()))?
-            .map_err(|e| internal(format!("cannot make the backup: {e}")))?;
-        tracing::info!(backup = %name, index = header.index, keys = header.keys, "backup made");
-        let mut r = proto::SnapshotSaveResult::new();
-        r.backup = name;
-        r.index = header.index;
-        r.term = header.term;
-        r.keys = header.keys;
-        r.node_addr.clone_from(&self.advertise);
-        r.files = header
-            .files
-            .into_iter()
-            .map(|(name, size)| {
-                let mut f = proto::SnapshotFile::new();
-                f.name = name;
-                f.size = size;
-                f
-            })
-            .collect();
-        let mut resp = Response::new();
-        resp.result = Some(proto::response::Result::SnapshotSave(r));
-        Ok(resp)
-    }
-
     /// Waits until a linearizable read may be served locally.
-    async fn read_barrier(
+    pub(crate) async fn read_barrier(
         &self,
         serializable: bool,
         deadline: TokioInstant,
@@ -520,23 +494,11 @@ impl KvService {
                     .await
                     .map_err(|_| timeout_response(!list));
             }
-            Some(request::Cmd::SnapshotSave(_)) => return self.snapshot_save(deadline).await,
-            Some(request::Cmd::SnapshotRead(r)) => {
-                let backups = self.backups.clone();
-                let data = tokio::task::spawn_blocking(move || {
-                    backups.read(&r.backup, r.offset, r.length)
-                })
-                .await
-                .map_err(|e| internal(e.to_string()))?
-                .map_err(|e| invalid(e.to_string()))?;
-                let mut d = proto::SnapshotData::new();
-                d.data = Bytes::from(data);
-                resp.result = Some(proto::response::Result::SnapshotData(d));
-            }
-            Some(request::Cmd::SnapshotRelease(r)) => {
-                self.backups.release(&r.backup);
-                resp.result = Some(proto::response::Result::Admin(proto::AdminResult::new()));
-            }
+            Some(
+                cmd @ (request::Cmd::SnapshotSave(_)
+                | request::Cmd::SnapshotRead(_)
+                | request::Cmd::SnapshotRelease(_)),
+            ) => return self.backup_request(cmd, deadline).await,
             _ => return Err(invalid("unknown command")),
         }
         Ok(resp)

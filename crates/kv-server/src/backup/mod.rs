@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_engine::Db;
+use kv_net::proto::{self, ErrorCode, Response, request, response};
+use kv_net::server::error_response;
 use parking_lot::Mutex;
 
 use crate::error::{Error, IoContext, Result};
@@ -23,6 +25,67 @@ use crate::snapshot::SnapshotDirs;
 use crate::snapshot::dirs::BACKUP_PREFIX;
 use crate::state_machine::read_applied;
 use crate::store::Store;
+
+impl crate::service::KvService {
+    /// Answers a backup request (the caller sets the response id):
+    /// `SnapshotSave` checkpoints a state holding every write acknowledged
+    /// before the request (ReadIndex first); `SnapshotRead` and
+    /// `SnapshotRelease` serve and drop it.
+    pub(crate) async fn backup_request(
+        &self,
+        cmd: request::Cmd,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Response, Response> {
+        let internal = |m: String| error_response(0, ErrorCode::INTERNAL, m);
+        let mut resp = Response::new();
+        match cmd {
+            request::Cmd::SnapshotSave(_) => {
+                self.read_barrier(false, deadline).await?;
+                let (backups, store) = (self.backups.clone(), self.store().clone());
+                let (name, header) = tokio::task::spawn_blocking(move || backups.save(&store))
+                    .await
+                    .map_err(|e| internal(e.to_string()))?
+                    .map_err(|e| internal(format!("cannot make the backup: {e}")))?;
+                tracing::info!(backup = %name, index = header.index, keys = header.keys, "backup made");
+                let mut r = proto::SnapshotSaveResult::new();
+                r.backup = name;
+                r.index = header.index;
+                r.term = header.term;
+                r.keys = header.keys;
+                r.node_addr = self.advertise_of(self.id());
+                r.files = header
+                    .files
+                    .into_iter()
+                    .map(|(name, size)| {
+                        let mut f = proto::SnapshotFile::new();
+                        f.name = name;
+                        f.size = size;
+                        f
+                    })
+                    .collect();
+                resp.result = Some(response::Result::SnapshotSave(r));
+            }
+            request::Cmd::SnapshotRead(r) => {
+                let backups = self.backups.clone();
+                let data = tokio::task::spawn_blocking(move || {
+                    backups.read(&r.backup, r.offset, r.length)
+                })
+                .await
+                .map_err(|e| internal(e.to_string()))?
+                .map_err(|e| error_response(0, ErrorCode::INVALID_ARGUMENT, e.to_string()))?;
+                let mut d = proto::SnapshotData::new();
+                d.data = bytes::Bytes::from(data);
+                resp.result = Some(response::Result::SnapshotData(d));
+            }
+            request::Cmd::SnapshotRelease(r) => {
+                self.backups.release(&r.backup);
+                resp.result = Some(response::Result::Admin(proto::AdminResult::new()));
+            }
+            _ => return Err(internal("not a backup request".into())),
+        }
+        Ok(resp)
+    }
+}
 
 /// A backup not read for this long is removed.
 pub const IDLE: Duration = Duration::from_secs(300);
