@@ -7,6 +7,10 @@
 //! - `cargo xtask jepsen [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3]
 //!   [--clients 8] [--keys 5] [--seed S]`: the fault suite against release `kvd`
 //!   processes; exits non-zero on a violation.
+//! - `cargo xtask scale [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]`:
+//!   the data-larger-than-memory benchmark (`benches/cluster`): loads a
+//!   3-node cluster, joins a 4th node from empty, reports memory, disk,
+//!   throughput and the snapshot transfer rate.
 
 mod cluster;
 mod jepsen;
@@ -50,9 +54,26 @@ fn main() -> Result<()> {
         }
         Some("cluster") => cluster::run(&args[1..], &workspace_root()),
         Some("jepsen") => jepsen::run(&args[1..], &workspace_root()),
+        Some("scale") => {
+            run(&["build", "--release", "-p", "kvd", "-p", "cluster-bench"])?;
+            let root = workspace_root();
+            let bin = cluster::target_dir(&root).join("release");
+            let status = Command::new(bin.join("cluster-bench"))
+                .arg("scale")
+                .arg("--kvd")
+                .arg(bin.join("kvd"))
+                .args(&args[1..])
+                .current_dir(&root)
+                .status()
+                .context("running cluster-bench")?;
+            if !status.success() {
+                bail!("cluster-bench scale: {status}");
+            }
+            Ok(())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]"
             );
             std::process::exit(2);
         }

@@ -143,10 +143,10 @@ pub(crate) fn run(
         stats.bytes_read += files.iter().map(|f| f.meta.size).sum::<u64>();
         if *level == 0 {
             for f in files {
-                children.push(Box::new(TableIter::new(f.table.clone())));
+                children.push(Box::new(TableIter::streaming(f.table.clone())));
             }
         } else if !files.is_empty() {
-            children.push(Box::new(LevelIter::new(files.clone())));
+            children.push(Box::new(LevelIter::streaming(files.clone())));
         }
     }
     let mut it = MergeIter::new(children);

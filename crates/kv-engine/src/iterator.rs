@@ -88,6 +88,7 @@ pub(crate) struct LevelIter {
     files: Vec<Arc<FileHandle>>,
     idx: usize,
     cur: Option<TableIter>,
+    streaming: bool,
 }
 
 impl LevelIter {
@@ -96,12 +97,28 @@ impl LevelIter {
             files,
             idx: 0,
             cur: None,
+            streaming: false,
+        }
+    }
+
+    /// A level read once from start to end; see [`TableIter::streaming`].
+    pub(crate) fn streaming(files: Vec<Arc<FileHandle>>) -> Self {
+        LevelIter {
+            streaming: true,
+            ..LevelIter::new(files)
         }
     }
 
     fn open(&mut self, idx: usize) {
         self.idx = idx;
-        self.cur = self.files.get(idx).map(|f| TableIter::new(f.table.clone()));
+        let streaming = self.streaming;
+        self.cur = self.files.get(idx).map(|f| {
+            if streaming {
+                TableIter::streaming(f.table.clone())
+            } else {
+                TableIter::new(f.table.clone())
+            }
+        });
     }
 
     fn skip_empty(&mut self) -> Result<()> {

@@ -44,6 +44,37 @@ pub(crate) fn map_readonly(file: &File, path: &Path, huge_pages: bool) -> Result
     Ok(Bytes::from_owner(map))
 }
 
+/// Drops this process's mappings of the whole pages of `table[range]`, so
+/// that a table read once from start to end (a compaction input) does not
+/// stay resident in the process: without it a compaction of gigabytes of
+/// input counts gigabytes of file pages towards the process's resident set
+/// until the inputs are unmapped. The pages stay in the page cache; touching
+/// them again maps them back, with the same bytes. A failure is ignored: it
+/// only leaves the pages mapped.
+pub(crate) fn release(table: &Bytes, range: std::ops::Range<usize>) {
+    let page = rustix::param::page_size();
+    let base = table.as_ptr() as usize;
+    let start = (base + range.start.min(table.len())).next_multiple_of(page);
+    let end = (base + range.end.min(table.len())) / page * page;
+    if end <= start {
+        return;
+    }
+    // SAFETY: `table` is the whole of a read-only shared file mapping made by
+    // `map_readonly` (mmap returns it page-aligned), and [start, end) is a
+    // page-aligned part of it. MADV_DONTNEED on a shared file mapping only
+    // drops page-table entries: the mapping stays valid, and the next access
+    // faults the same bytes back in from the file, which the engine never
+    // changes (see `map_readonly`). So every `Bytes` slice of the table still
+    // reads what it read before.
+    let _ = unsafe {
+        rustix::mm::madvise(
+            start as *mut std::ffi::c_void,
+            end - start,
+            rustix::mm::Advice::LinuxDontNeed,
+        )
+    };
+}
+
 /// Maps the first `len` bytes of a WAL segment read-write.
 ///
 /// # Errors

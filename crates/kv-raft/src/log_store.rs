@@ -30,8 +30,10 @@
 //! # Limits
 //!
 //! Entries since the last snapshot are also kept in memory (that is the
-//! index); the snapshot threshold bounds them. Snapshots are held in memory
-//! whole. A record (entry or snapshot) is at most 1 GiB.
+//! index); the driver's snapshot thresholds (entries and bytes) bound them.
+//! Snapshots are held in memory whole: a state machine whose state is large
+//! keeps it elsewhere and puts a small descriptor here. A record (entry or
+//! snapshot) is at most 1 GiB.
 
 use std::cell::Cell;
 use std::collections::VecDeque;

@@ -17,6 +17,12 @@ pub struct Options {
     /// Take a snapshot and compact the log once this many entries were
     /// applied since the last snapshot.
     pub snapshot_threshold: u64,
+    /// Also take one once this many bytes of entries were applied since the
+    /// last snapshot: the log since the snapshot is held in memory, so this
+    /// bounds that memory whatever the entries' size. A leader waits for a
+    /// follower that is connected and behind (so that it need not be sent a
+    /// whole snapshot) until four times either threshold is reached.
+    pub snapshot_threshold_bytes: u64,
     /// Start a new segment file once the active one is this large.
     pub segment_bytes: u64,
     /// Upper bound on the bytes of entries in one append message.
@@ -58,6 +64,7 @@ impl Default for Options {
             election_ticks: 10,
             heartbeat_ticks: 3,
             snapshot_threshold: 10_000,
+            snapshot_threshold_bytes: 64 << 20,
             segment_bytes: 64 << 20,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -91,6 +98,9 @@ impl Options {
         }
         if self.snapshot_threshold == 0 {
             return bad("snapshot_threshold must be positive");
+        }
+        if self.snapshot_threshold_bytes == 0 {
+            return bad("snapshot_threshold_bytes must be positive");
         }
         if self.segment_bytes < 4096 {
             return bad("segment_bytes must be at least 4096");

@@ -61,3 +61,47 @@ fn isolated_follower_catches_up_through_snapshot() {
     }
     c.shutdown();
 }
+
+/// The log since the snapshot is held in memory, so large entries must
+/// trigger snapshots by their bytes, long before the entry count would.
+#[test]
+fn large_entries_are_snapshotted_by_bytes_not_only_by_count() {
+    const THRESHOLD: u64 = 256 << 10;
+    let seed = common::seed();
+    let opts = kv_raft::Options {
+        snapshot_threshold: 10_000,
+        snapshot_threshold_bytes: THRESHOLD,
+        ..common::test_options()
+    };
+    let ids = [1, 2, 3];
+    let mut c = Cluster::new(&ids, opts.clone(), seed, Faults::NONE);
+    c.wait_leader(Duration::from_secs(10)).expect("leader");
+    let big = vec![b'x'; 16 << 10];
+    for i in 0..200u32 {
+        let mut v = i.to_le_bytes().to_vec();
+        v.extend_from_slice(&big);
+        c.propose(&v, Duration::from_secs(5)).expect("propose");
+    }
+    let commit = c.wait_converged(Duration::from_secs(20));
+    assert!(commit >= 200);
+    c.check();
+    // At most four times the byte threshold (a leader may wait for a
+    // follower) of 16 KiB entries since the last snapshot, plus slack for
+    // one snapshot in progress.
+    let bound = 4 * THRESHOLD / (16 << 10) + 20;
+    for id in ids {
+        c.stop(id);
+        let store = LogStore::open(c.dir(id), &opts).expect("reopen");
+        let snap_index = store.snapshot_ref().get_metadata().index;
+        // Index 1 is the bootstrap snapshot.
+        assert!(
+            snap_index > 1,
+            "node {id}: no snapshot after {commit} entries of 16 KiB"
+        );
+        assert!(
+            snap_index + bound >= commit,
+            "node {id}: snapshot at {snap_index}, commit {commit}"
+        );
+    }
+    c.shutdown();
+}

@@ -497,12 +497,19 @@ thread_local! {
     static KEY_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// How far a streaming [`TableIter`] reads past its last release before
+/// releasing again.
+const RELEASE_STEP: usize = 1 << 20;
+
 /// Iterates over a whole table.
 #[derive(Debug)]
 pub(crate) struct TableIter {
     table: Arc<Table>,
     block_idx: usize,
     block: Option<BlockIter>,
+    /// A one-pass reader ([`TableIter::streaming`]): the pages of blocks it
+    /// has left are released from the process (below this offset).
+    released: Option<usize>,
 }
 
 impl TableIter {
@@ -511,12 +518,43 @@ impl TableIter {
             table,
             block_idx: 0,
             block: None,
+            released: None,
+        }
+    }
+
+    /// An iterator for one pass from the first key to the last (compaction
+    /// inputs): the pages of the blocks it moves past, and at the end all of
+    /// the table's, are released from this process's resident memory
+    /// ([`crate::mmap::release`]); they stay in the page cache.
+    pub(crate) fn streaming(table: Arc<Table>) -> Self {
+        let mut it = TableIter::new(table);
+        it.released = Some(0);
+        it
+    }
+
+    /// Releases the pages below `offset` (streaming iterators only).
+    fn release_below(&mut self, offset: usize) {
+        if let Some(done) = self.released.as_mut()
+            && offset > *done
+        {
+            crate::mmap::release(&self.table.data, *done..offset);
+            *done = offset;
         }
     }
 
     /// Moves forward to the next non-empty block if the current one is done.
     fn skip_exhausted(&mut self) -> Result<()> {
         while self.block.as_ref().is_some_and(|b| !b.valid()) {
+            if let Some(done) = self.released
+                && self.block_idx < self.table.num_blocks()
+            {
+                // In steps of a megabyte or more: one system call (and TLB
+                // shootdown) per block would cost more than it saves.
+                let next = self.table.block_offset(self.block_idx + 1);
+                if next >= done + RELEASE_STEP {
+                    self.release_below(next);
+                }
+            }
             self.block_idx += 1;
             if self.block_idx >= self.table.num_blocks() {
                 self.block = None;
@@ -575,6 +613,13 @@ impl InternalIterator for TableIter {
         b.seek_to_first().map_err(|e| self.table.bad(0, e))?;
         self.block = Some(b);
         self.skip_exhausted()
+    }
+}
+
+impl Drop for TableIter {
+    fn drop(&mut self) {
+        let len = self.table.data.len();
+        self.release_below(len);
     }
 }
 
@@ -751,6 +796,110 @@ mod tests {
                 .expect("present");
             assert_eq!(kind, Kind::Put);
             assert_eq!(v[0], i as u8);
+        }
+    }
+
+    /// Resident bytes of this process's mapping of `path` (/proc/self/smaps).
+    #[cfg(target_os = "linux")]
+    fn mapped_rss(path: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let name = path.to_str().expect("utf-8 path");
+        let mut total = 0;
+        let mut ours = false;
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                if ours {
+                    let kib: u64 = kib
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse()
+                        .expect("kB");
+                    total += kib * 1024;
+                }
+            } else if line.contains('-') && !line.starts_with(char::is_uppercase) {
+                ours = line.ends_with(name);
+            }
+        }
+        total
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn streaming_iterators_release_the_pages_they_have_read_and_values_stay_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("000001.sst");
+        let n = 2048usize;
+        let value = |i: usize| vec![(i % 251) as u8; 4096];
+        let mut b = TableBuilder::create(&path, 1, &Options::default()).expect("create");
+        for i in 0..n {
+            let uk = format!("k{i:06}");
+            b.add(
+                &key::make(uk.as_bytes(), i as u64 + 1, Kind::Put),
+                &value(i),
+            )
+            .expect("add");
+        }
+        b.finish().expect("finish");
+        let size = std::fs::metadata(&path).expect("stat").len();
+        let t = Table::open(&path, false).expect("open");
+
+        // A plain pass leaves the table resident, also once it is dropped.
+        let mut it = TableIter::new(t.clone());
+        it.seek_to_first().expect("seek");
+        let mut seen = 0;
+        while it.valid() {
+            assert_eq!(it.value(), value(seen).as_slice());
+            seen += 1;
+            it.next().expect("next");
+        }
+        drop(it);
+        assert_eq!(seen, n);
+        assert!(
+            mapped_rss(&path) > size * 3 / 4,
+            "plain pass: {} of {size} resident",
+            mapped_rss(&path)
+        );
+
+        // A streaming pass releases what it has passed: halfway, the first
+        // half is gone; at the end, all of it.
+        let mut it = TableIter::streaming(t.clone());
+        it.seek_to_first().expect("seek");
+        let mut seen = 0;
+        let mut halfway = 0;
+        while it.valid() {
+            assert_eq!(it.value(), value(seen).as_slice(), "entry {seen}");
+            seen += 1;
+            if seen == n / 2 {
+                halfway = mapped_rss(&path);
+            }
+            it.next().expect("next");
+        }
+        let kept = it.value();
+        drop(it);
+        assert_eq!(seen, n);
+        // Pages the kernel maps in 2 MiB folios go once the whole folio is
+        // passed.
+        assert!(
+            halfway < size / 2 + (3 << 20),
+            "halfway: {halfway} of {size} resident"
+        );
+        assert!(
+            mapped_rss(&path) < size / 10,
+            "after: {} of {size} resident",
+            mapped_rss(&path)
+        );
+
+        // Released pages read back the same bytes.
+        assert!(kept.is_empty());
+        for i in (0..n).step_by(7) {
+            let uk = format!("k{i:06}");
+            let (kind, v) = t
+                .get(&key::lookup(uk.as_bytes(), key::MAX_SEQ))
+                .expect("get")
+                .expect("present");
+            assert_eq!(kind, Kind::Put);
+            assert_eq!(v, value(i).as_slice());
         }
     }
 

@@ -16,9 +16,11 @@
 //! 7. `advance`; for the `LightReady`: persist a new commit index, send, apply;
 //!    `advance_apply`.
 //!
-//! Afterwards, when more than `snapshot_threshold` entries were applied since
-//! the last snapshot, the state machine is asked for one and the log is
-//! compacted.
+//! Afterwards, when more than `snapshot_threshold` entries or
+//! `snapshot_threshold_bytes` bytes of entries were applied since the last
+//! snapshot, the state machine is asked for one and the log is compacted (a
+//! leader first gives a connected follower that is behind some time to catch
+//! up from the log).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -78,6 +80,8 @@ struct Driver<S, T> {
     next_ctx: u64,
     transfers: Vec<(u64, Instant, Resolver<()>)>,
     applied: u64,
+    /// Bytes of entries applied since the last snapshot was begun.
+    applied_bytes: u64,
     leader_id: u64,
     was_leader: bool,
     /// The snapshot being built off this thread, if any.
@@ -454,6 +458,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .restore(meta.index, meta.term, &snap.data)
             .map_err(Error::StateMachine)?;
         self.applied = meta.index;
+        self.applied_bytes = 0;
         let rest = self.proposals.split_off(&(meta.index + 1));
         for (_, p) in std::mem::replace(&mut self.proposals, rest) {
             let e = || Error::UnknownOutcome("replaced by a snapshot");
@@ -518,6 +523,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
             }
             self.applied = e.index;
+            self.applied_bytes += (e.data.len() + e.context.len()) as u64;
         }
         self.resolve_reads();
         Ok(())
@@ -567,9 +573,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         let snap_index = self.raw.store().snapshot_ref().get_metadata().index;
         let wanted = self.raw.store().take_snapshot_wanted() && self.applied > snap_index;
-        if !wanted && self.applied < snap_index + self.opts.snapshot_threshold {
+        if !wanted && !self.snapshot_due(snap_index) {
             return Ok(());
         }
+        self.applied_bytes = 0;
         let pending = self.raw.store().prepare_compact(self.applied)?;
         let job = self.sm.begin_snapshot().map_err(Error::StateMachine)?;
         let (tx, rx) = mpsc::channel();
@@ -585,6 +592,32 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         self.snapshot_job = Some(rx);
         self.snapshot_thread = Some(thread);
         Ok(())
+    }
+
+    /// Whether enough was applied since the snapshot at `snap_index` for a
+    /// new one. A leader holds off while a connected follower is behind the
+    /// applied index but still within the log (compacting would leave it a
+    /// whole snapshot to fetch), up to four times the thresholds.
+    fn snapshot_due(&self, snap_index: u64) -> bool {
+        let entries = self.applied.saturating_sub(snap_index);
+        let (n, b) = (
+            self.opts.snapshot_threshold,
+            self.opts.snapshot_threshold_bytes,
+        );
+        if entries < n && self.applied_bytes < b {
+            return false;
+        }
+        if entries >= 4 * n || self.applied_bytes >= 4 * b {
+            return true;
+        }
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return true;
+        }
+        let me = raft.id;
+        !raft.prs().iter().any(|(id, p)| {
+            *id != me && p.recent_active && p.matched >= snap_index && p.matched < self.applied
+        })
     }
 
     fn fail_all(&mut self) {

@@ -113,6 +113,7 @@ impl Node {
             applied,
             leader_id: 0,
             was_leader: false,
+            applied_bytes: 0,
             snapshot_job: None,
             snapshot_thread: None,
         };
