@@ -369,9 +369,11 @@ pub async fn run(args: Args) -> Result<()> {
         args.clients,
         dir.display()
     );
-    let l = load(&endpoints, &values, &args, &sampler).await?;
     let admin = client(endpoints.clone(), Duration::from_secs(30), false);
+    let term_before = admin.status(&addrs[0]).await?.term;
+    let l = load(&endpoints, &values, &args, &sampler).await?;
     let leader = wait_leader(&refs, Duration::from_secs(30)).await?;
+    let term_after = admin.status(&addrs[leader as usize - 1]).await?.term;
     let commit = admin
         .status(&addrs[leader as usize - 1])
         .await?
@@ -455,6 +457,14 @@ pub async fn run(args: Args) -> Result<()> {
         pct(lat, 0.5),
         pct(lat, 0.99),
         pct(lat, 1.0),
+    );
+    println!(
+        "raft term before the load {term_before}, after {term_after}: {}",
+        if term_after == term_before {
+            "no election during the load".to_owned()
+        } else {
+            format!("{} election(s) during the load", term_after - term_before)
+        }
     );
     println!(
         "memory limit checked: VmHWM < {:.0} MiB (512 MiB + {:.0} MiB of memtables; tables are mmap'd, no block cache)",
