@@ -44,6 +44,12 @@ struct Args {
     /// HTTP/JSON gateway address (not supported yet).
     #[arg(long)]
     http_listen: Option<String>,
+    /// Peers prove knowledge of the secret in this file in the handshake
+    /// (challenge-response; the secret is never sent). Every node of the
+    /// cluster needs the same file; at least 16 bytes, surrounding
+    /// whitespace ignored.
+    #[arg(long)]
+    peer_secret_file: Option<PathBuf>,
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -122,6 +128,10 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(ms) = args.frame_timeout_ms {
         config.net.frame_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(path) = &args.peer_secret_file {
+        config.net.peer_secret =
+            Some(kv_server::PeerSecret::from_file(path).map_err(anyhow::Error::msg)?);
     }
     fit_connection_limit(&mut config);
     config.validate()?;

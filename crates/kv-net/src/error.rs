@@ -52,6 +52,11 @@ pub enum Error {
     #[error("cannot encode frame: {0}")]
     Encode(#[source] protobuf::Error),
 
+    /// The peer handshake failed to authenticate one side: a wrong or
+    /// missing proof of the peer secret, or no challenge where one was due.
+    #[error("peer authentication failed: {0}")]
+    PeerAuth(String),
+
     /// The peer sent a frame that is not valid at this point of the protocol
     /// (e.g. a `Response` to a server, or an empty `Frame`).
     #[error("protocol violation: {0}")]

@@ -39,16 +39,20 @@
 //! connection, a frame naming another sender) closes the connection and
 //! reaches nothing.
 //!
+//! With [`Options::peer_secret`] set, both sides also prove the shared
+//! secret by challenge-response ([`auth`]) before any raft traffic.
+//!
 //! # Limits
 //!
-//! No TLS, and the handshake carries no proof yet (`Hello.proof` is left
-//! empty): any process that knows the cluster id and a member id passes it.
+//! No TLS. Without a peer secret, any process that knows the cluster id and
+//! a member id passes the handshake.
 //! Raft messages are opaque bytes here: this crate does not depend on
 //! raft-rs.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod connection;
 mod error;
@@ -68,6 +72,7 @@ pub mod proto {
     pub use self::flashkv::*;
 }
 
+pub use auth::PeerSecret;
 pub use client::ClientConn;
 pub use connection::{Connection, FrameReader, FrameWriter};
 pub use error::{Error, Result};

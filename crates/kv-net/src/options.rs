@@ -52,6 +52,11 @@ pub struct Options {
     pub snapshot_chunk_size: usize,
     /// Set `TCP_NODELAY` on every connection (writes are batched by us).
     pub nodelay: bool,
+    /// Peers must prove this shared secret in the handshake, and this node
+    /// proves it to them ([`crate::auth`]). `None`: peer traffic is
+    /// unauthenticated (any process naming the cluster id and a member is
+    /// taken for it).
+    pub peer_secret: Option<crate::auth::PeerSecret>,
 }
 
 impl Default for Options {
@@ -71,6 +76,7 @@ impl Default for Options {
             peer_backoff_max: Duration::from_secs(2),
             snapshot_chunk_size: 1 << 20,
             nodelay: true,
+            peer_secret: None,
         }
     }
 }

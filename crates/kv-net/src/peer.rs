@@ -21,10 +21,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::connection::Connection;
+use crate::auth;
+use crate::connection::{Connection, FrameReader, FrameWriter};
 use crate::error::{Error, Result};
 use crate::options::Options;
-use crate::proto::{Frame, Hello, PeerMessage};
+use crate::proto::{Frame, Hello, PeerMessage, frame};
 
 /// Who this node is to its peers: the `Hello` that opens every peer
 /// connection (raft links and snapshot transfers alike) carries it, and the
@@ -50,6 +51,76 @@ impl PeerIdentity {
         frame.set_hello(hello);
         frame
     }
+}
+
+/// The dialing side of the peer handshake on a new connection to node `to`:
+/// the `Hello`, and with a peer secret the challenge-response of
+/// [`crate::auth`] (the answer checked, the proof sent). The `Hello` alone
+/// may still be buffered on return.
+///
+/// # Errors
+///
+/// [`Error::PeerAuth`] when `to` does not answer the challenge in time,
+/// answers as another node, or cannot prove the secret; I/O errors.
+pub(crate) async fn open_peer(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    from: PeerIdentity,
+    to: u64,
+    options: &Options,
+) -> Result<()> {
+    let mut hello = from.hello_frame();
+    let Some(secret) = &options.peer_secret else {
+        return writer.feed_frame(hello).await;
+    };
+    let dialer_nonce = auth::nonce();
+    if let Some(frame::Body::Hello(h)) = hello.body.as_mut() {
+        h.nonce = dialer_nonce.to_vec().into();
+    }
+    writer.write_frame(hello).await?;
+    let wait = options.handshake_timeout;
+    let answer = tokio::time::timeout(wait, reader.read_frame())
+        .await
+        .map_err(|_| {
+            Error::PeerAuth(format!(
+                "node {to} sent no challenge within {wait:?} (is the same peer secret set on it?)"
+            ))
+        })??;
+    let Some(Frame {
+        body: Some(frame::Body::Hello(challenge)),
+        ..
+    }) = answer
+    else {
+        return Err(Error::PeerAuth(format!(
+            "node {to} refused the peer handshake (another cluster, not a member, or no peer secret set on it)"
+        )));
+    };
+    if challenge.node_id != to || challenge.cluster_id != from.cluster_id {
+        return Err(Error::PeerAuth(format!(
+            "dialed node {to} of cluster {:016x}, answered by node {} of cluster {:016x}",
+            from.cluster_id, challenge.node_id, challenge.cluster_id
+        )));
+    }
+    let binding = auth::Binding {
+        cluster_id: from.cluster_id,
+        dialer: from.node_id,
+        acceptor: to,
+        dialer_nonce: &dialer_nonce,
+        acceptor_nonce: &challenge.nonce,
+    };
+    if !secret.verify(auth::Side::Acceptor, &binding, &challenge.proof) {
+        return Err(Error::PeerAuth(format!(
+            "node {to} could not prove the peer secret: the secrets differ"
+        )));
+    }
+    let mut proof = Hello::new();
+    proof.protocol_version = crate::PROTOCOL_VERSION;
+    proof.node_id = from.node_id;
+    proof.cluster_id = from.cluster_id;
+    proof.proof = secret.prove(auth::Side::Dialer, &binding).into();
+    let mut frame = Frame::new();
+    frame.set_hello(proof);
+    writer.feed_frame(frame).await
 }
 
 /// Called with the peer's id when messages to it were dropped.
@@ -206,7 +277,11 @@ impl Link {
                     continue;
                 }
             };
-            tracing::debug!(peer = self.to, addr = %self.addr, error = %error, "peer link broke");
+            if matches!(error, Error::PeerAuth(_)) {
+                tracing::warn!(peer = self.to, addr = %self.addr, error = %error, "peer refused");
+            } else {
+                tracing::debug!(peer = self.to, addr = %self.addr, error = %error, "peer link broke");
+            }
             if !self.back_off(self.options.peer_backoff_initial).await {
                 return;
             }
@@ -237,7 +312,8 @@ impl Link {
 
     async fn run_connected(&mut self, conn: Connection, first: Bytes) -> Ended {
         let (mut reader, mut writer) = conn.into_split();
-        if let Err(e) = writer.feed_frame(self.from.hello_frame()).await {
+        if let Err(e) = open_peer(&mut reader, &mut writer, self.from, self.to, &self.options).await
+        {
             return Ended::Failed(e);
         }
         let budget = self.options.max_frame_length - FRAME_OVERHEAD;

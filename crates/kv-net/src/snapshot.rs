@@ -84,7 +84,12 @@ pub async fn send_snapshot(
         .await
         .map_err(|_| stalled("connect"))??;
     let (mut reader, mut writer) = conn.into_split();
-    writer.feed_frame(from.hello_frame()).await?;
+    tokio::time::timeout(
+        idle,
+        crate::peer::open_peer(&mut reader, &mut writer, from, to, options),
+    )
+    .await
+    .map_err(|_| stalled("handshake"))??;
 
     let total = offer.total_bytes();
     let mut first = chunk_of(from.node_id, to, &offer);

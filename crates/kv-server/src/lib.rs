@@ -41,8 +41,10 @@
 //!
 //! # Limits
 //!
-//! - Peer traffic is unauthenticated: the handshake carries no proof yet, so
-//!   whoever knows the cluster id and a member id passes it.
+//! - Without a peer secret (`kv_net::Options::peer_secret`) peer traffic is
+//!   unauthenticated: whoever knows the cluster id and a member id passes
+//!   the handshake. With one, the handshake authenticates who opened a
+//!   connection, not each frame after it (no TLS yet).
 //! - De-duplication records are kept for the last 1024 writes of each client
 //!   id, and dropped once a client has not written for an hour (by the
 //!   proposers' clocks): a write retried later than that may apply twice.
@@ -67,6 +69,7 @@ pub mod transport;
 
 pub use config::{Config, parse_peers};
 pub use error::{Error, Result};
+pub use kv_net::PeerSecret;
 pub use server::{Server, run};
 pub use service::KvService;
 pub use state_machine::KvStateMachine;

@@ -201,10 +201,14 @@ impl Server {
             members.clone(),
             cluster_id,
         ));
-        tracing::warn!(
-            "peer traffic is unauthenticated (no --peer-* flags): a process that can reach \
-             this node and knows the cluster id can speak for a member"
-        );
+        if config.net.peer_secret.is_some() {
+            tracing::info!("peers must prove the peer secret (challenge-response)");
+        } else {
+            tracing::warn!(
+                "peer traffic is unauthenticated (no --peer-* flags): a process that can reach \
+                 this node and knows the cluster id can speak for a member"
+            );
+        }
         tracing::info!(
             id = config.id,
             listen = %local_addr,

@@ -506,6 +506,10 @@ impl KvService {
 }
 
 impl Service for KvService {
+    fn local_node_id(&self) -> u64 {
+        self.id
+    }
+
     async fn handle(&self, request: Request) -> Response {
         self.serve(request).await.unwrap_or_else(|e| e)
     }

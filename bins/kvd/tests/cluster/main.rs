@@ -17,6 +17,7 @@ mod kvctl_commands;
 mod membership;
 mod overload;
 mod partition;
+mod peer_secret;
 mod peer_wire;
 mod restart;
 mod snapshot_catch_up;

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Admission, Service, error_response};
+use crate::auth::{Binding, NONCE_LEN, Side};
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -36,6 +37,14 @@ enum Speaker {
     Unknown,
     /// A client: requests only.
     Client,
+    /// A member that has been sent the challenge of the peer secret and
+    /// must answer it before anything else.
+    Proving {
+        peer: u64,
+        cluster_id: u64,
+        dialer_nonce: [u8; NONCE_LEN],
+        acceptor_nonce: [u8; NONCE_LEN],
+    },
     /// The member whose handshake was accepted: peer traffic from it only.
     Peer(u64),
 }
@@ -85,14 +94,17 @@ impl<S: Service> Handler<S> {
             // Until a connection has shown what it is (and, over the limit,
             // for as long as it is not a peer) its next frame must come in
             // time.
-            let timed =
-                speaker == Speaker::Unknown || (over_limit && !matches!(speaker, Speaker::Peer(_)));
+            let timed = matches!(speaker, Speaker::Unknown | Speaker::Proving { .. })
+                || (over_limit && !matches!(speaker, Speaker::Peer(_)));
             let frame = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 done = &mut writer.0 => return writer_ended(done),
                 frame = read_within(&mut reader, timed.then_some(self.options.handshake_timeout)) => {
                     match frame {
+                        Err(Error::Timeout(_)) | Ok(None) if matches!(speaker, Speaker::Proving { .. }) => {
+                            return Err(unproven(speaker));
+                        }
                         Err(Error::Timeout(why)) if !reader.in_frame() => {
                             tracing::debug!(%why, "closing a connection that sent nothing");
                             return Ok(());
@@ -106,7 +118,7 @@ impl<S: Service> Handler<S> {
             let Some(frame) = frame else { break };
             match frame.body {
                 Some(frame::Body::Request(request)) => {
-                    if let Speaker::Peer(peer) = speaker {
+                    if let Speaker::Peer(peer) | Speaker::Proving { peer, .. } = speaker {
                         return Err(Error::Protocol(format!(
                             "client request on the peer connection of node {peer}"
                         )));
@@ -159,7 +171,7 @@ impl<S: Service> Handler<S> {
                     }
                 }
                 Some(frame::Body::Hello(hello)) => {
-                    speaker = self.handshake(speaker, hello).await?;
+                    speaker = self.handshake(speaker, hello, &tx).await?;
                 }
                 Some(frame::Body::Response(_)) => {
                     return Err(Error::Protocol("a server does not take responses".into()));
@@ -191,10 +203,43 @@ impl<S: Service> Handler<S> {
 }
 
 impl<S: Service> Handler<S> {
-    /// A `Hello` is only valid as the first frame. One naming no node is a
-    /// client introducing itself; one naming a node must pass the service's
-    /// check before any peer traffic is taken.
-    async fn handshake(&self, speaker: Speaker, hello: Hello) -> Result<Speaker> {
+    /// A `Hello` is only valid as the first frame (and, with a peer secret,
+    /// as the answer to its challenge). One naming no node is a client
+    /// introducing itself; one naming a node must pass the service's check,
+    /// and prove the peer secret if one is set ([`crate::auth`]), before any
+    /// peer traffic is taken.
+    async fn handshake(
+        &self,
+        speaker: Speaker,
+        hello: Hello,
+        tx: &mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<Speaker> {
+        if let Speaker::Proving {
+            peer,
+            cluster_id,
+            dialer_nonce,
+            acceptor_nonce,
+        } = speaker
+        {
+            let secret = self
+                .options
+                .peer_secret
+                .as_ref()
+                .ok_or_else(|| Error::Protocol("no peer secret to check".into()))?;
+            let binding = Binding {
+                cluster_id,
+                dialer: peer,
+                acceptor: self.service.local_node_id(),
+                dialer_nonce: &dialer_nonce,
+                acceptor_nonce: &acceptor_nonce,
+            };
+            if hello.node_id != peer || !secret.verify(Side::Dialer, &binding, &hello.proof) {
+                return Err(Error::PeerAuth(format!(
+                    "peer handshake of node {peer} refused: wrong proof of the peer secret"
+                )));
+            }
+            return Ok(Speaker::Peer(peer));
+        }
         if speaker != Speaker::Unknown {
             return Err(Error::Protocol("hello after the first frame".into()));
         }
@@ -209,13 +254,57 @@ impl<S: Service> Handler<S> {
                 crate::PROTOCOL_VERSION
             )));
         }
-        let peer = hello.node_id;
+        let (peer, cluster_id) = (hello.node_id, hello.cluster_id);
+        let dialer_nonce = hello.nonce.clone();
         self.service
             .peer_hello(hello)
             .await
             .map_err(|e| Error::Protocol(format!("peer handshake of node {peer} refused: {e}")))?;
-        Ok(Speaker::Peer(peer))
+        let Some(secret) = &self.options.peer_secret else {
+            return Ok(Speaker::Peer(peer));
+        };
+        let dialer_nonce: [u8; NONCE_LEN] = dialer_nonce.as_ref().try_into().map_err(|_| {
+            Error::PeerAuth(format!(
+                "peer handshake of node {peer} refused: no nonce (is the peer secret set on it?)"
+            ))
+        })?;
+        let acceptor_nonce = crate::auth::nonce();
+        let me = self.service.local_node_id();
+        let binding = Binding {
+            cluster_id,
+            dialer: peer,
+            acceptor: me,
+            dialer_nonce: &dialer_nonce,
+            acceptor_nonce: &acceptor_nonce,
+        };
+        let mut challenge = Hello::new();
+        challenge.protocol_version = crate::PROTOCOL_VERSION;
+        challenge.node_id = me;
+        challenge.cluster_id = cluster_id;
+        challenge.nonce = acceptor_nonce.to_vec().into();
+        challenge.proof = secret.prove(Side::Acceptor, &binding).into();
+        let mut frame = Frame::new();
+        frame.set_hello(challenge);
+        tx.send((frame, None))
+            .map_err(|_| Error::Protocol("connection closing".into()))?;
+        Ok(Speaker::Proving {
+            peer,
+            cluster_id,
+            dialer_nonce,
+            acceptor_nonce,
+        })
     }
+}
+
+/// The error of a connection that was challenged and did not answer.
+fn unproven(speaker: Speaker) -> Error {
+    let peer = match speaker {
+        Speaker::Proving { peer, .. } | Speaker::Peer(peer) => peer,
+        _ => 0,
+    };
+    Error::PeerAuth(format!(
+        "node {peer} did not prove the peer secret (none, or another one, set on it?)"
+    ))
 }
 
 /// Reads a frame, within `wait` if given.

@@ -45,6 +45,12 @@ pub trait Service: Send + Sync + 'static {
     /// grace period), so it must be cancel-safe.
     fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
 
+    /// This node's raft id, which proofs of the peer secret are bound to (0:
+    /// not a raft node).
+    fn local_node_id(&self) -> u64 {
+        0
+    }
+
     /// Decides the peer handshake: `hello` is the first frame of a
     /// connection that names a node (`node_id` non-zero, the protocol
     /// version already checked). Once accepted, the connection speaks for
@@ -221,7 +227,7 @@ impl Listener {
                     connections.spawn(async move {
                         match handler.run(stream).await {
                             Ok(()) => {}
-                            Err(e @ Error::Protocol(_)) => {
+                            Err(e @ (Error::Protocol(_) | Error::PeerAuth(_))) => {
                                 tracing::warn!(%addr, error = %e, "connection closed");
                             }
                             Err(e) => {

@@ -198,6 +198,10 @@ impl Service for MemKv {
         resp
     }
 
+    fn local_node_id(&self) -> u64 {
+        2
+    }
+
     async fn peer_hello(&self, hello: Hello) -> Result<(), String> {
         if hello.cluster_id != TEST_CLUSTER {
             return Err("another cluster".into());
