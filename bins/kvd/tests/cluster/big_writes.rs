@@ -48,7 +48,22 @@ async fn big_writes_replicate_and_oversized_ones_are_refused() {
     for (n, (key, len)) in writes.iter().cloned().enumerate() {
         let client = client.clone();
         tasks.spawn(async move {
-            let r = client.put(&key, value(len, b'a' + (n % 26) as u8)).await;
+            // Forty megabytes at once through one shared disk can wait in
+            // the leader's write queue longer than it lets a write wait; the
+            // refusal is definite (nothing applied), so an application
+            // retries it, as here, once the client's own retry budget for
+            // refusals is spent.
+            let v = value(len, b'a' + (n % 26) as u8);
+            let mut refusals = 0;
+            let r = loop {
+                match client.put(&key, &v).await {
+                    Err(Error::Unavailable { definite: true, .. }) if refusals < 20 => {
+                        refusals += 1;
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    r => break r,
+                }
+            };
             (key, r)
         });
     }
