@@ -27,6 +27,9 @@ pub struct Cli {
     /// Allow possibly stale reads from any node.
     #[arg(long, global = true)]
     pub serializable: bool,
+    /// Token for a cluster that checks them (`kvd --auth-file`).
+    #[arg(long, global = true, env = "KVCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Cmd,
 }

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
     let opts = Options {
         timeout: cli.timeout,
         serializable: cli.serializable,
+        token: cli.token.clone(),
         ..Options::default()
     };
     let endpoints: Vec<String> = cli

@@ -50,6 +50,11 @@ struct Args {
     /// whitespace ignored.
     #[arg(long)]
     peer_secret_file: Option<PathBuf>,
+    /// Client tokens: lines `TOKEN ROLE` (read, write or admin). Requests
+    /// without a token, or whose token's role may not send them, are
+    /// refused (`permission denied`). Every node needs the same file.
+    #[arg(long)]
+    auth_file: Option<PathBuf>,
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -132,6 +137,9 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(path) = &args.peer_secret_file {
         config.net.peer_secret =
             Some(kv_server::PeerSecret::from_file(path).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(path) = &args.auth_file {
+        config.tokens = Some(kv_server::auth::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
     }
     fit_connection_limit(&mut config);
     config.validate()?;

@@ -188,22 +188,21 @@ impl Client {
     async fn backup_call(&self, addr: &str, cmd: proto::request::Cmd) -> Result<response::Result> {
         let attempt = async {
             let conn = self.conn(addr).await?;
-            conn.call(write_request(cmd)).await.map_err(|e| {
-                self.forget_conn(addr);
-                Error::Unavailable {
-                    message: e.to_string(),
-                    definite: true,
-                }
-            })
+            conn.call(self.stamped(write_request(cmd)))
+                .await
+                .map_err(|e| {
+                    self.forget_conn(addr);
+                    Error::Unavailable {
+                        message: e.to_string(),
+                        definite: true,
+                    }
+                })
         };
         let resp = tokio::time::timeout(self.inner.opts.timeout, attempt)
             .await
             .map_err(|_| Error::Timeout { definite: true })??;
         match resp.result {
-            Some(response::Result::Error(e)) => Err(Error::Unavailable {
-                message: e.message,
-                definite: true,
-            }),
+            Some(response::Result::Error(e)) => Err(crate::refusal(e)),
             Some(r) => Ok(r),
             None => Err(unexpected()),
         }

@@ -24,6 +24,10 @@ pub enum Error {
         /// True when no attempt may have been applied.
         definite: bool,
     },
+    /// The token is missing or unknown, or its role may not do this;
+    /// nothing was applied.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The server failed the operation.
     #[error("server error: {message}")]
     Server {
@@ -39,7 +43,7 @@ impl Error {
     #[must_use]
     pub fn is_definite(&self) -> bool {
         match self {
-            Error::InvalidArgument(_) => true,
+            Error::InvalidArgument(_) | Error::PermissionDenied(_) => true,
             Error::Timeout { definite }
             | Error::Unavailable { definite, .. }
             | Error::Server { definite, .. } => *definite,
@@ -53,7 +57,9 @@ impl Error {
             return self;
         }
         match self {
-            Error::InvalidArgument(message) | Error::Server { message, .. } => Error::Server {
+            Error::InvalidArgument(message)
+            | Error::PermissionDenied(message)
+            | Error::Server { message, .. } => Error::Server {
                 message,
                 definite: false,
             },

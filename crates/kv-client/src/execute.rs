@@ -58,7 +58,7 @@ impl Client {
                 }
                 Ok(Ok(conn)) => {
                     // The node answers within what is left of our time.
-                    let mut attempt = req.clone();
+                    let mut attempt = self.stamped(req.clone());
                     let left = deadline.saturating_duration_since(Instant::now());
                     attempt.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
                     attempt.deadline_unix_ms = unix_ms_after(left);
@@ -130,6 +130,11 @@ impl Client {
                                     }
                                     unavailable = Some(last.clone());
                                     pause = true;
+                                }
+                                ErrorCode::PERMISSION_DENIED => {
+                                    return Err(
+                                        Error::PermissionDenied(last).unless_applied(maybe_applied)
+                                    );
                                 }
                                 ErrorCode::INVALID_ARGUMENT => {
                                     return Err(

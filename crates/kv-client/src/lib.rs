@@ -94,6 +94,9 @@ pub struct Options {
     pub initial_backoff: Duration,
     /// Longest delay between attempts.
     pub max_backoff: Duration,
+    /// Sent with every request to a node that checks tokens (`kvd
+    /// --auth-file`); its role decides what this client may do.
+    pub token: Option<String>,
     /// Connection options.
     pub net: kv_net::Options,
 }
@@ -107,6 +110,7 @@ impl Default for Options {
             max_hints: 8,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(250),
+            token: None,
             net: kv_net::Options {
                 connect_timeout: Duration::from_secs(1),
                 ..kv_net::Options::default()
@@ -403,7 +407,9 @@ impl Client {
     /// [`Error::Unavailable`] or [`Error::Timeout`] when it does not answer.
     pub async fn status(&self, endpoint: &str) -> Result<NodeStatus> {
         let deadline = Instant::now() + self.inner.opts.timeout;
-        let req = write_request(proto::request::Cmd::Status(proto::Status::new()));
+        let req = self.stamped(write_request(proto::request::Cmd::Status(
+            proto::Status::new(),
+        )));
         let attempt = async {
             let conn = self.conn(endpoint).await?;
             conn.call(req).await.map_err(|e| {
@@ -434,12 +440,17 @@ impl Client {
                 applied_index: s.applied_index,
                 leader_addr: s.leader_addr,
             }),
-            Some(response::Result::Error(e)) => Err(Error::Unavailable {
-                message: e.message,
-                definite: true,
-            }),
+            Some(response::Result::Error(e)) => Err(refusal(e)),
             _ => Err(unexpected()),
         }
+    }
+
+    /// `req` with this client's token, if it has one.
+    fn stamped(&self, mut req: Request) -> Request {
+        if let Some(t) = &self.inner.opts.token {
+            req.token.clone_from(t);
+        }
+        req
     }
 
     /// Sends a write with this client's id and a fresh request number.
@@ -497,6 +508,18 @@ impl Client {
             .lock()
             .insert(addr.to_owned(), conn.clone());
         Ok(conn)
+    }
+}
+
+/// The error of a definite refusal that is not retried.
+fn refusal(e: proto::Error) -> Error {
+    if e.code.enum_value() == Ok(ErrorCode::PERMISSION_DENIED) {
+        Error::PermissionDenied(e.message)
+    } else {
+        Error::Unavailable {
+            message: e.message,
+            definite: true,
+        }
     }
 }
 

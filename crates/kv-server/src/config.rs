@@ -49,6 +49,9 @@ pub struct Config {
     /// `max_entry_bytes` is lowered, if need be, to leave room in a
     /// `net.max_frame_length` frame.
     pub writes: crate::proposer::WriteLimits,
+    /// Client tokens with roles (`kvd --auth-file`); `None`: requests are
+    /// not authenticated.
+    pub tokens: Option<crate::auth::Tokens>,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             writes: crate::proposer::WriteLimits::for_frame_length(
                 kv_net::DEFAULT_MAX_FRAME_LENGTH,
             ),
+            tokens: None,
         }
     }
 

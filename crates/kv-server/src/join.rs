@@ -19,7 +19,9 @@ pub struct Joined {
 }
 
 /// Asks the members at `endpoints` (client addresses) for the membership,
-/// following not-leader hints, for at most `within`.
+/// following not-leader hints, for at most `within`. `token` is sent
+/// along to a cluster that checks tokens (the joining node's own admin
+/// token: every node has the same auth file).
 ///
 /// # Errors
 ///
@@ -29,6 +31,7 @@ pub async fn fetch_membership(
     endpoints: &[String],
     id: u64,
     net: &kv_net::Options,
+    token: Option<&str>,
     within: Duration,
 ) -> Result<Joined> {
     let deadline = tokio::time::Instant::now() + within;
@@ -42,6 +45,7 @@ pub async fn fetch_membership(
         round += 1;
         let mut req = Request::new();
         req.cmd = Some(request::Cmd::MemberList(MemberList::new()));
+        req.token = token.unwrap_or_default().to_owned();
         let answer = tokio::time::timeout_at(deadline, async {
             let conn = ClientConn::connect(&addr, net).await?;
             conn.call(req).await

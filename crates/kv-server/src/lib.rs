@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod auth;
 pub mod backup;
 pub mod command;
 pub mod config;

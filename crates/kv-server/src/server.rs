@@ -127,6 +127,7 @@ impl Server {
                 &config.join,
                 config.id,
                 &config.net,
+                config.tokens.as_ref().and_then(|t| t.own_admin_token()),
                 config.request_timeout * 6,
             )
             .await?;
@@ -201,6 +202,13 @@ impl Server {
             members.clone(),
             cluster_id,
         ));
+        match &config.tokens {
+            Some(t) => tracing::info!(tokens = t.len(), "client requests need a token"),
+            None => tracing::warn!(
+                "client requests are not authenticated (no --auth-file): anyone who can reach \
+                 this node can read and write"
+            ),
+        }
         if config.net.peer_secret.is_some() {
             tracing::info!("peers must prove the peer secret (challenge-response)");
         } else {

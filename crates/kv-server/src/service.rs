@@ -54,6 +54,7 @@ pub struct KvService {
     snapshots: Arc<Receiver>,
     pub(crate) backups: Arc<crate::backup::Backups>,
     proposer: Proposer,
+    tokens: Option<crate::auth::Tokens>,
 }
 
 /// What a failed raft call means for the client.
@@ -136,6 +137,7 @@ impl KvService {
             max_page_bytes: config.net.max_frame_length / 2,
             snapshots,
             proposer: Proposer::start(handle.clone(), write_limits(config)),
+            tokens: config.tokens.clone(),
         }
     }
 
@@ -424,6 +426,15 @@ impl KvService {
     }
 
     async fn serve(&self, request: Request) -> Result<Response, Response> {
+        if let (Some(tokens), Some(cmd)) = (&self.tokens, &request.cmd) {
+            tokens.check(&request.token, cmd).map_err(|why| {
+                error_response(
+                    0,
+                    ErrorCode::PERMISSION_DENIED,
+                    format!("permission denied: {why}; nothing was applied"),
+                )
+            })?;
+        }
         let (client_id, seq) = (request.client_id, request.seq);
         let deadline = self.deadline_of(&request);
         let mut resp = Response::new();

@@ -3,6 +3,7 @@
 //! one at a time (see `common::serial`).
 
 mod adversarial_peers;
+mod auth;
 mod backup;
 mod bad_frames;
 mod big_writes;
