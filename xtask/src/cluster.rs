@@ -29,6 +29,7 @@ struct Args {
     base_port: u16,
     data_dir: PathBuf,
     fresh: bool,
+    secure: bool,
 }
 
 fn parse(args: &[String], root: &Path) -> Result<Args> {
@@ -37,6 +38,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
         base_port: 7001,
         data_dir: PathBuf::from("target/cluster"),
         fresh: false,
+        secure: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -55,8 +57,9 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             "--base-port" => a.base_port = value()?.parse().context("--base-port")?,
             "--data-dir" => a.data_dir = PathBuf::from(value()?),
             "--fresh" => a.fresh = true,
+            "--secure" => a.secure = true,
             other => bail!(
-                "unknown argument {other}\nusage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]"
+                "unknown argument {other}\nusage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]"
             ),
         }
     }
@@ -88,6 +91,21 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let secure = if a.secure {
+        Some(crate::certs::Secure::make_or_load(
+            &a.data_dir.join("secure"),
+        )?)
+    } else {
+        None
+    };
+    let node_args = secure
+        .as_ref()
+        .map(crate::certs::Secure::kvd_args)
+        .unwrap_or_default();
+    let kvctl_args = secure
+        .as_ref()
+        .map(crate::certs::Secure::kvctl_args)
+        .unwrap_or_default();
     // SAFETY: `on_signal` only stores to an atomic, which is
     // async-signal-safe.
     #[allow(unsafe_code)]
@@ -112,6 +130,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             .args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers])
             .arg("--data-dir")
             .arg(&dir)
+            .args(&node_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -154,8 +173,12 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     );
     println!("endpoints: {endpoints}");
     println!(
-        "try:      {} --endpoints {endpoints} status",
-        bin.join("kvctl").display()
+        "try:      {} --endpoints {endpoints} {}status",
+        bin.join("kvctl").display(),
+        kvctl_args
+            .iter()
+            .map(|a| format!("{a} "))
+            .collect::<String>()
     );
     println!("Ctrl-C stops the cluster.");
     let kvctl = bin.join("kvctl");
@@ -164,7 +187,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     let mut exited = vec![false; children.len()];
     while !STOP.load(Ordering::SeqCst) {
         if !announced {
-            if let Some(leader) = leader_of(&kvctl, &endpoints) {
+            if let Some(leader) = leader_of(&kvctl, &endpoints, &kvctl_args) {
                 println!("[xtask] cluster ready: node {leader} is the leader");
                 announced = true;
             } else if Instant::now() > ready_by {
@@ -192,9 +215,11 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
 }
 
 /// The leader id all answering nodes agree on, asked through `kvctl status`.
-fn leader_of(kvctl: &Path, endpoints: &str) -> Option<u64> {
+fn leader_of(kvctl: &Path, endpoints: &str, extra: &[String]) -> Option<u64> {
     let out = Command::new(kvctl)
-        .args(["--endpoints", endpoints, "--timeout", "500ms", "status"])
+        .args(["--endpoints", endpoints, "--timeout", "500ms"])
+        .args(extra)
+        .arg("status")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()

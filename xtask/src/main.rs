@@ -4,6 +4,10 @@
 //!   tests, the failpoint tests, short fuzz runs).
 //! - `cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]`:
 //!   a local cluster of release `kvd` processes; Ctrl-C stops it.
+//! - `cargo xtask cluster --secure`: the same with TLS for clients, a peer
+//!   secret and tokens (files from `cargo xtask certs` in the data dir).
+//! - `cargo xtask certs [--dir target/certs]`: a CA, node and client
+//!   certificates, a peer secret and an auth file.
 //! - `cargo xtask jepsen [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3]
 //!   [--clients 8] [--keys 5] [--seed S]`: the fault suite against release `kvd`
 //!   processes; exits non-zero on a violation.
@@ -12,6 +16,7 @@
 //!   3-node cluster, joins a 4th node from empty, reports memory, disk,
 //!   throughput and the snapshot transfer rate.
 
+mod certs;
 mod cluster;
 mod jepsen;
 
@@ -53,6 +58,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("cluster") => cluster::run(&args[1..], &workspace_root()),
+        Some("certs") => certs::run(&args[1..], &workspace_root()),
         Some("jepsen") => jepsen::run(&args[1..], &workspace_root()),
         Some("scale") => {
             run(&["build", "--release", "-p", "kvd", "-p", "cluster-bench"])?;
@@ -73,7 +79,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]\n  certs    a CA, node and client certificates, a peer secret, tokens: [--dir target/certs]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]"
             );
             std::process::exit(2);
         }

@@ -30,6 +30,26 @@ pub struct Cli {
     /// Token for a cluster that checks them (`kvd --auth-file`).
     #[arg(long, global = true, env = "KVCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Connect over TLS, trusting the CA certificates in this file (PEM).
+    #[arg(long, global = true, env = "KVCTL_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes that require one; needs --key.
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        requires = "client_key",
+        requires = "cacert"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }

@@ -76,12 +76,22 @@ fn main() -> ExitCode {
             return ExitCode::from(exec::DEFINITE);
         }
     };
-    let opts = Options {
+    let mut opts = Options {
         timeout: cli.timeout,
         serializable: cli.serializable,
         token: cli.token.clone(),
         ..Options::default()
     };
+    if let Some(ca) = &cli.cacert {
+        let identity = cli.cert.as_deref().zip(cli.key.as_deref());
+        match kv_client::ClientTls::from_files(ca, identity) {
+            Ok(tls) => opts.net.client_tls = Some(tls),
+            Err(e) => {
+                emit(&Rendered::usage(cli.json, &format!("TLS: {e}")), false);
+                return ExitCode::from(exec::USAGE);
+            }
+        }
+    }
     let endpoints: Vec<String> = cli
         .endpoints
         .iter()

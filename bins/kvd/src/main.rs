@@ -55,6 +55,17 @@ struct Args {
     /// refused (`permission denied`). Every node needs the same file.
     #[arg(long)]
     auth_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM); needs
+    /// --key-file. Peers keep using plaintext links on the same port.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM; needs
+    /// --cert-file).
+    #[arg(long, requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -137,6 +148,12 @@ fn config(args: &Args) -> Result<Config> {
     if let Some(path) = &args.peer_secret_file {
         config.net.peer_secret =
             Some(kv_server::PeerSecret::from_file(path).map_err(anyhow::Error::msg)?);
+    }
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        config.net.server_tls = Some(
+            kv_server::ServerTls::from_files(cert, key, args.trusted_ca_file.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        );
     }
     if let Some(path) = &args.auth_file {
         config.tokens = Some(kv_server::auth::Tokens::from_file(path).map_err(anyhow::Error::msg)?);

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv_net::ClientConn;
+pub use kv_net::ClientTls;
 use kv_net::proto::{self, ErrorCode, Request, Response, batch_op, response};
 use parking_mutex::Mutex;
 use tokio::sync::Semaphore;

@@ -1,4 +1,4 @@
-//! A framed TCP connection: read and write whole [`Frame`]s.
+//! A framed TCP connection, plain or TLS: read and write whole [`Frame`]s.
 //!
 //! Writes are buffered: [`FrameWriter::feed_frame`] only encodes into the
 //! write buffer (flushing by itself when it grows past a few KiB), and
@@ -7,12 +7,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::SinkExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,22 +26,108 @@ use crate::frame::{FrameCodec, HEADER_LEN};
 use crate::options::Options;
 use crate::proto::Frame;
 
-/// Both directions of a framed TCP connection.
+type Tls = tokio_rustls::TlsStream<TcpStream>;
+
+/// The reading side of the socket.
+#[derive(Debug)]
+enum Input {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<Tls>),
+}
+
+/// The writing side of the socket.
+#[derive(Debug)]
+enum Output {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<Tls>),
+}
+
+impl Input {
+    /// Waits until the socket has data (plain sockets only: a TLS session
+    /// buffers records of its own, so there it returns at once).
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Input::Plain(s) => s.readable().await,
+            Input::Tls(_) => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for Input {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Input::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Input::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Output {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Output::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Output::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Output::Plain(s) => Pin::new(s).poll_flush(cx),
+            Output::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Output::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Output::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Both directions of a framed connection.
 #[derive(Debug)]
 pub struct Connection {
     reader: FrameReader,
     writer: FrameWriter,
+    peer_addr: Option<SocketAddr>,
+}
+
+fn set_nodelay(stream: &TcpStream, options: &Options) {
+    if options.nodelay {
+        // Best effort: only latency suffers without it.
+        let _ = stream.set_nodelay(true);
+    }
 }
 
 impl Connection {
-    /// Wraps an established stream.
+    /// Wraps an established plaintext stream.
     #[must_use]
     pub fn new(stream: TcpStream, options: &Options) -> Self {
-        if options.nodelay {
-            // Best effort: only latency suffers without it.
-            let _ = stream.set_nodelay(true);
-        }
+        set_nodelay(&stream, options);
+        let peer_addr = stream.peer_addr().ok();
         let (read, write) = stream.into_split();
+        Connection::of(Input::Plain(read), Output::Plain(write), peer_addr, options)
+    }
+
+    /// Wraps an established TLS stream (either side).
+    #[must_use]
+    pub fn from_tls(stream: tokio_rustls::TlsStream<TcpStream>, options: &Options) -> Self {
+        set_nodelay(stream.get_ref().0, options);
+        let peer_addr = stream.get_ref().0.peer_addr().ok();
+        let (read, write) = tokio::io::split(stream);
+        Connection::of(Input::Tls(read), Output::Tls(write), peer_addr, options)
+    }
+
+    fn of(read: Input, write: Output, peer_addr: Option<SocketAddr>, options: &Options) -> Self {
         Connection {
             reader: FrameReader::new(read, options),
             writer: FrameWriter {
@@ -50,6 +138,7 @@ impl Connection {
                     w
                 },
             },
+            peer_addr,
         }
     }
 
@@ -67,7 +156,27 @@ impl Connection {
             .await
             .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "timed out")))?
             .map_err(connect_error)?;
-        Ok(Connection::new(stream, options))
+        let Some(tls) = &options.client_tls else {
+            return Ok(Connection::new(stream, options));
+        };
+        let name = crate::tls::server_name(addr)
+            .map_err(|e| connect_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let stream = tokio::time::timeout(
+            options.connect_timeout,
+            tls.connector().connect(name, stream),
+        )
+        .await
+        .map_err(|_| {
+            connect_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })?
+        .map_err(connect_error)?;
+        Ok(Connection::from_tls(
+            tokio_rustls::TlsStream::Client(stream),
+            options,
+        ))
     }
 
     /// The remote address.
@@ -76,7 +185,12 @@ impl Connection {
     ///
     /// [`Error::Io`] when the socket no longer has one.
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        Ok(self.reader.stream.peer_addr()?)
+        self.peer_addr.ok_or_else(|| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "no peer address",
+            ))
+        })
     }
 
     /// See [`FrameReader::read_frame`].
@@ -114,7 +228,7 @@ impl Connection {
 /// the receive budget, if one is set ([`FrameReader::set_receive_budget`]).
 #[derive(Debug)]
 pub struct FrameReader {
-    stream: OwnedReadHalf,
+    stream: Input,
     codec: FrameCodec,
     buf: BytesMut,
     frame_timeout: Duration,
@@ -134,7 +248,7 @@ pub const BUDGET_FREE_FRAME: usize = 64 << 10;
 pub const BUDGET_UNIT: usize = 1 << 10;
 
 impl FrameReader {
-    fn new(stream: OwnedReadHalf, options: &Options) -> Self {
+    fn new(stream: Input, options: &Options) -> Self {
         FrameReader {
             stream,
             codec: FrameCodec::new(options.max_frame_length),
@@ -259,7 +373,7 @@ impl FrameReader {
 /// The writing half of a [`Connection`].
 #[derive(Debug)]
 pub struct FrameWriter {
-    inner: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    inner: FramedWrite<Output, FrameCodec>,
 }
 
 impl FrameWriter {

@@ -53,6 +53,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "certgen")]
+pub mod certgen;
 pub mod client;
 pub mod connection;
 mod error;
@@ -61,6 +63,7 @@ mod options;
 pub mod peer;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 
 /// Generated protobuf messages of `proto/flashkv.proto` (package `flashkv`).
 ///
@@ -81,6 +84,7 @@ pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options};
 pub use peer::{PeerIdentity, PeerSender};
 pub use server::{Listener, Service};
 pub use snapshot::{SnapshotOffer, SnapshotSent, send_snapshot};
+pub use tls::{ClientTls, ServerTls};
 
 /// Version sent in [`proto::Hello`]; bumped on incompatible wire changes.
 /// Version 2: peers must open with a `Hello` naming the cluster id.

@@ -57,6 +57,11 @@ pub struct Options {
     /// unauthenticated (any process naming the cluster id and a member is
     /// taken for it).
     pub peer_secret: Option<crate::auth::PeerSecret>,
+    /// Serve client connections over TLS ([`crate::tls`]); plaintext
+    /// connections are then taken only as peer links.
+    pub server_tls: Option<crate::tls::ServerTls>,
+    /// Dial over TLS (clients of a node with `server_tls`).
+    pub client_tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for Options {
@@ -77,6 +82,8 @@ impl Default for Options {
             snapshot_chunk_size: 1 << 20,
             nodelay: true,
             peer_secret: None,
+            server_tls: None,
+            client_tls: None,
         }
     }
 }

@@ -202,6 +202,10 @@ impl Server {
             members.clone(),
             cluster_id,
         ));
+        match &config.net.server_tls {
+            Some(t) => tracing::info!(tls = ?t, "clients are served over TLS"),
+            None => tracing::warn!("clients are served in plaintext (no --cert-file)"),
+        }
         match &config.tokens {
             Some(t) => tracing::info!(tokens = t.len(), "client requests need a token"),
             None => tracing::warn!(

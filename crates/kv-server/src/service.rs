@@ -431,7 +431,7 @@ impl KvService {
                 error_response(
                     0,
                     ErrorCode::PERMISSION_DENIED,
-                    format!("permission denied: {why}; nothing was applied"),
+                    format!("{why}; nothing was applied"),
                 )
             })?;
         }

@@ -25,3 +25,4 @@ mod snapshot_catch_up;
 mod startup_errors;
 mod startup_signal;
 mod stray_peer_frame;
+mod tls;

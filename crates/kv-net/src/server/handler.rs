@@ -69,7 +69,10 @@ type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
 
 impl<S: Service> Handler<S> {
     pub(super) async fn run(self, stream: TcpStream) -> Result<()> {
-        let (mut reader, writer) = Connection::new(stream, &self.options).into_split();
+        let Some((conn, plain_under_tls)) = self.open(stream).await? else {
+            return Ok(());
+        };
+        let (mut reader, writer) = conn.into_split();
         reader.set_receive_budget(self.budget.clone());
         let over_limit = matches!(self.admission, Admission::Over { .. });
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -124,6 +127,18 @@ impl<S: Service> Handler<S> {
                         )));
                     }
                     speaker = Speaker::Client;
+                    if plain_under_tls {
+                        let refusal = error_response(
+                            request.id,
+                            ErrorCode::PERMISSION_DENIED,
+                            "this node takes clients over TLS only (kvctl --cacert FILE); \
+                             nothing was applied",
+                        );
+                        let mut frame = Frame::new();
+                        frame.set_response(refusal);
+                        let _ = tx.send((frame, Some(permit)));
+                        break;
+                    }
                     if over_limit {
                         let limit = self.options.max_connections.unwrap_or_default();
                         let refusal = error_response(
@@ -203,6 +218,33 @@ impl<S: Service> Handler<S> {
 }
 
 impl<S: Service> Handler<S> {
+    /// The connection on `stream`, and whether it is plaintext on a node
+    /// that serves clients over TLS (then only a peer link may use it).
+    /// `None` for a connection that closed or sent nothing in time.
+    async fn open(&self, stream: TcpStream) -> Result<Option<(Connection, bool)>> {
+        let Some(tls) = &self.options.server_tls else {
+            return Ok(Some((Connection::new(stream, &self.options), false)));
+        };
+        let wait = self.options.handshake_timeout;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(None),
+            Ok(Err(e)) => return Err(Error::Io(e)),
+            Ok(Ok(_)) => {}
+        }
+        if first[0] != crate::tls::HANDSHAKE_BYTE {
+            return Ok(Some((Connection::new(stream, &self.options), true)));
+        }
+        let tls = tokio::time::timeout(wait, tls.acceptor().accept(stream))
+            .await
+            .map_err(|_| Error::Timeout(format!("TLS handshake not done within {wait:?}")))?
+            .map_err(|e| Error::Protocol(format!("TLS handshake failed: {e}")))?;
+        Ok(Some((
+            Connection::from_tls(tokio_rustls::TlsStream::Server(tls), &self.options),
+            false,
+        )))
+    }
+
     /// A `Hello` is only valid as the first frame (and, with a peer secret,
     /// as the answer to its challenge). One naming no node is a client
     /// introducing itself; one naming a node must pass the service's check,

@@ -1,0 +1,163 @@
+//! `--cert-file/--key-file` and `--trusted-ca-file` (SPEC section 10): a
+//! TLS cluster serves kvctl with the CA and refuses it without (plaintext,
+//! or a certificate of another CA); with a client CA it takes only clients
+//! presenting a certificate of that CA. Peers keep replicating over
+//! plaintext links on the same port. Refusals are logged.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kv_net::certgen::{Ca, Use};
+
+use crate::common::{Cluster, kvctl, serial, stdout};
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.to_str().expect("utf-8").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_clients_with_the_ca_and_refuses_others() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("FlashKV test CA").expect("ca");
+    let other = Ca::new("Another CA").expect("ca");
+    let node = ca
+        .issue("node", &["127.0.0.1", "localhost"], Use::Node)
+        .expect("node cert");
+    let client = ca.issue("client", &[], Use::Client).expect("client cert");
+    let stranger = other
+        .issue("stranger", &[], Use::Client)
+        .expect("client cert");
+    let ca_file = write(dir.path(), "ca.pem", &ca.cert);
+    let other_ca = write(dir.path(), "other-ca.pem", &other.cert);
+    let (cert, key) = (
+        write(dir.path(), "node.pem", &node.cert),
+        write(dir.path(), "node.key", &node.key),
+    );
+    let (ccert, ckey) = (
+        write(dir.path(), "client.pem", &client.cert),
+        write(dir.path(), "client.key", &client.key),
+    );
+    let (scert, skey) = (
+        write(dir.path(), "stranger.pem", &stranger.cert),
+        write(dir.path(), "stranger.key", &stranger.key),
+    );
+
+    // Server TLS, mutual: clients need a certificate of the CA.
+    let mut c = Cluster::new(
+        3,
+        &[
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--trusted-ca-file",
+            &ca_file,
+        ],
+    );
+    c.start_all();
+    let eps = c.endpoints();
+    let with = |args: &[&str]| {
+        let mut all = vec![
+            "--timeout",
+            "10s",
+            "--cacert",
+            &ca_file,
+            "--cert",
+            &ccert,
+            "--key",
+            &ckey,
+        ];
+        all.extend_from_slice(args);
+        kvctl(&eps, &all, None)
+    };
+    // Bounded wait for a leader, through TLS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = with(&["put", "k", "over-tls"]);
+        if o.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS put: {o:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let o = with(&["get", "k"]);
+    assert_eq!(stdout(&o).trim(), "over-tls", "{o:?}");
+
+    // Plaintext: refused, saying so.
+    let o = kvctl(&eps, &["get", "k"], None);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TLS only"),
+        "{o:?}"
+    );
+    // Trusting another CA: the node's certificate is refused.
+    let o = kvctl(
+        &eps,
+        &["--timeout", "2s", "--cacert", &other_ca, "get", "k"],
+        None,
+    );
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    // No client certificate, or one of another CA: the node refuses.
+    let o = kvctl(
+        &eps,
+        &["--timeout", "2s", "--cacert", &ca_file, "get", "k"],
+        None,
+    );
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    let o = kvctl(
+        &eps,
+        &[
+            "--timeout",
+            "2s",
+            "--cacert",
+            &ca_file,
+            "--cert",
+            &scert,
+            "--key",
+            &skey,
+            "get",
+            "k",
+        ],
+        None,
+    );
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    assert!(
+        c.logs().contains("TLS handshake failed"),
+        "refusals not logged:\n{}",
+        c.logs()
+    );
+
+    // Every node holds the value (peers replicate over plaintext links).
+    for (i, ep) in eps.iter().enumerate() {
+        let o = kvctl(
+            std::slice::from_ref(ep),
+            &[
+                "--serializable",
+                "--cacert",
+                &ca_file,
+                "--cert",
+                &ccert,
+                "--key",
+                &ckey,
+                "get",
+                "k",
+            ],
+            None,
+        );
+        assert_eq!(stdout(&o).trim(), "over-tls", "node {}: {o:?}", i + 1);
+    }
+    for n in &c.nodes {
+        assert!(
+            n.log_text().contains("clients are served over TLS"),
+            "node {}",
+            n.id
+        );
+    }
+}

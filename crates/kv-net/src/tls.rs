@@ -1,0 +1,162 @@
+//! TLS for client connections (rustls, the `ring` provider; no OpenSSL).
+//!
+//! [`ServerTls`] is a node's certificate and key, and optionally a CA whose
+//! client certificates it requires (mutual TLS). [`ClientTls`] is what a
+//! client trusts (a CA file) and optionally its own certificate. Both are
+//! built from PEM files.
+//!
+//! A node with [`crate::Options::server_tls`] still takes plaintext
+//! connections on the same port, but only as peer links (the listener tells
+//! them apart by the first byte: a TLS handshake starts with `0x16`, a frame
+//! with its length prefix, whose first byte is `0x00` for any frame under
+//! 16 MiB). A plaintext client request there is refused with a message
+//! saying TLS is required. Peer links are authenticated by the peer secret
+//! ([`crate::auth`]), not TLS.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The first byte of a TLS record carrying a handshake message.
+pub const HANDSHAKE_BYTE: u8 = 0x16;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// A node's side of TLS. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    mutual: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.mutual)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// From a certificate chain and key (PEM), and, for mutual TLS, the CA
+    /// whose client certificates are required.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file that cannot be read or used.
+    pub fn from_files(
+        cert: &Path,
+        key_file: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<ServerTls, String> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match client_ca {
+            Some(ca) => {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                        .build()
+                        .map_err(|e| format!("{}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder
+            .with_single_cert(certs(cert)?, key(key_file)?)
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?;
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            mutual: client_ca.is_some(),
+        })
+    }
+
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+}
+
+/// A client's side of TLS. Cheap to clone.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls(..)")
+    }
+}
+
+impl ClientTls {
+    /// Trusting the CA certificates in `ca` (PEM); with `identity`, a
+    /// client certificate chain and key for nodes that require one.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file that cannot be read or used.
+    pub fn from_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTls, String> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots(ca)?);
+        let config = match identity {
+            Some((cert, key_file)) => builder
+                .with_client_auth_cert(certs(cert)?, key(key_file)?)
+                .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(ClientTls {
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    pub(crate) fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
+}
+
+/// The name a certificate must carry for `addr` (`host:port`): the host,
+/// an IP address or a DNS name.
+pub(crate) fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{addr}: not a name TLS can check: {e}"))
+}
