@@ -13,12 +13,14 @@
 //! saying TLS is required. Peer links are authenticated by the peer secret
 //! ([`crate::auth`]), not TLS.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -55,6 +57,79 @@ fn roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// How often, at most, the certificate files are checked for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+fn certified(cert: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let key = provider()
+        .key_provider
+        .load_private_key(key(key_file)?)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let ck = CertifiedKey::new(certs(cert)?, key);
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{} does not go with {}: {e}",
+            key_file.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+fn modified(paths: [&Path; 2]) -> Option<[SystemTime; 2]> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some([m(paths[0])?, m(paths[1])?])
+}
+
+/// The node's certificate, read again from its files when they change
+/// (checked at most every [`RELOAD_CHECK`], on a new handshake): new
+/// connections get the new certificate, established ones keep theirs. A
+/// pair that cannot be used (a half-written file, a key that does not
+/// match) is logged and the previous one kept.
+#[derive(Debug)]
+struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<(Instant, Option<[SystemTime; 2]>, Arc<CertifiedKey>)>,
+}
+
+impl Reloading {
+    fn new(cert: &Path, key: &Path) -> Result<Reloading, String> {
+        let current = certified(cert, key)?;
+        Ok(Reloading {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            state: Mutex::new((Instant::now(), modified([cert, key]), current)),
+        })
+    }
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0.elapsed() >= RELOAD_CHECK {
+            state.0 = Instant::now();
+            let now = modified([&self.cert, &self.key]);
+            if now.is_some() && now != state.1 {
+                match certified(&self.cert, &self.key) {
+                    Ok(fresh) => {
+                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                        state.1 = now;
+                        state.2 = fresh;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate changed but cannot be used; keeping the previous one")
+                    }
+                }
+            }
+        }
+        Some(state.2.clone())
+    }
+}
+
 /// A node's side of TLS. Cheap to clone.
 #[derive(Clone)]
 pub struct ServerTls {
@@ -72,7 +147,8 @@ impl std::fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// From a certificate chain and key (PEM), and, for mutual TLS, the CA
-    /// whose client certificates are required.
+    /// whose client certificates are required. The certificate and key are
+    /// read again when their files change (new connections only).
     ///
     /// # Errors
     ///
@@ -95,9 +171,9 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder
-            .with_single_cert(certs(cert)?, key(key_file)?)
-            .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?;
+        let resolver = Reloading::new(cert, key_file)
+            .map_err(|e| format!("{e} (with {} and {})", cert.display(), key_file.display()))?;
+        let config = builder.with_cert_resolver(Arc::new(resolver));
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             mutual: client_ca.is_some(),

@@ -161,3 +161,88 @@ async fn a_tls_cluster_serves_clients_with_the_ca_and_refuses_others() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_swapped_on_disk_is_picked_up_by_new_connections() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_ca, new_ca) = (
+        Ca::new("Old CA").expect("ca"),
+        Ca::new("New CA").expect("ca"),
+    );
+    let old = old_ca
+        .issue("node", &["127.0.0.1"], Use::Node)
+        .expect("cert");
+    let new = new_ca
+        .issue("node", &["127.0.0.1"], Use::Node)
+        .expect("cert");
+    let old_ca_file = write(dir.path(), "old-ca.pem", &old_ca.cert);
+    let new_ca_file = write(dir.path(), "new-ca.pem", &new_ca.cert);
+    let cert = write(dir.path(), "node.pem", &old.cert);
+    let key = write(dir.path(), "node.key", &old.key);
+    let mut c = Cluster::new(1, &["--cert-file", &cert, "--key-file", &key]);
+    c.start_all();
+    let eps = c.endpoints();
+    let put_with = |ca: &str, value: &str| {
+        kvctl(
+            &eps,
+            &["--timeout", "3s", "--cacert", ca, "put", "k", value],
+            None,
+        )
+        .status
+        .code()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while put_with(&old_ca_file, "old") != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no put:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(
+        put_with(&new_ca_file, "new"),
+        Some(0),
+        "the new CA works before the swap"
+    );
+
+    // A broken pair (the new key with the old certificate) is refused and
+    // the old one kept.
+    std::fs::write(dir.path().join("node.key"), &new.key).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !c
+        .logs()
+        .contains("cannot be used; keeping the previous one")
+    {
+        assert_eq!(put_with(&old_ca_file, "old"), Some(0), "{}", c.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broken pair not noticed:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(put_with(&old_ca_file, "old"), Some(0), "{}", c.logs());
+    // The whole new pair: new connections get it.
+    std::fs::write(dir.path().join("node.pem"), &new.cert).expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while put_with(&new_ca_file, "new") != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate not picked up:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_ne!(
+        put_with(&old_ca_file, "old"),
+        Some(0),
+        "the old CA still works after the swap"
+    );
+    assert!(
+        c.logs().contains("TLS certificate reloaded"),
+        "{}",
+        c.logs()
+    );
+}
