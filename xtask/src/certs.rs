@@ -112,7 +112,9 @@ impl Secure {
         Ok(s)
     }
 
-    /// The kvd flags that use these files.
+    /// The kvd flags that use these files: client TLS, mutual TLS between
+    /// peers (on the `--peer-listen` port the caller adds) with the same
+    /// node certificate, tokens.
     pub fn kvd_args(&self) -> Vec<String> {
         let p = |p: &PathBuf| p.display().to_string();
         vec![
@@ -120,8 +122,12 @@ impl Secure {
             p(&self.node_cert),
             "--key-file".into(),
             p(&self.node_key),
-            "--peer-secret-file".into(),
-            p(&self.peer_secret),
+            "--peer-cert-file".into(),
+            p(&self.node_cert),
+            "--peer-key-file".into(),
+            p(&self.node_key),
+            "--peer-trusted-ca-file".into(),
+            p(&self.ca),
             "--auth-file".into(),
             p(&self.auth),
         ]
@@ -156,12 +162,15 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         (&s.ca, "CA certificate (kvctl --cacert)"),
         (
             &s.node_cert,
-            "node certificate for 127.0.0.1 and localhost (kvd --cert-file)",
+            "node certificate for 127.0.0.1 and localhost (kvd --cert-file, --peer-cert-file)",
         ),
-        (&s.node_key, "its key (kvd --key-file)"),
+        (&s.node_key, "its key (kvd --key-file, --peer-key-file)"),
         (&s.client_cert, "client certificate (kvctl --cert)"),
         (&s.client_key, "its key (kvctl --key)"),
-        (&s.peer_secret, "peer secret (kvd --peer-secret-file)"),
+        (
+            &s.peer_secret,
+            "peer secret, for peers without TLS (kvd --peer-secret-file)",
+        ),
         (&s.auth, "tokens: read, write, admin (kvd --auth-file)"),
     ] {
         println!(

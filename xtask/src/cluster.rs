@@ -63,10 +63,10 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             ),
         }
     }
-    if a.nodes == 0 {
-        bail!("--nodes must be at least 1");
+    if a.nodes == 0 || (a.secure && a.nodes > 100) {
+        bail!("--nodes must be at least 1 (and at most 100 with --secure)");
     }
-    if u32::from(a.base_port) + u32::from(a.nodes) > 65536 {
+    if u32::from(a.base_port) + u32::from(a.nodes) + if a.secure { 100 } else { 0 } > 65536 {
         bail!("ports beyond 65535");
     }
     if a.data_dir.is_relative() {
@@ -116,7 +116,16 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     let addrs: Vec<String> = (0..a.nodes)
         .map(|i| format!("127.0.0.1:{}", a.base_port + i))
         .collect();
-    let peers = addrs
+    // Secure: peers on ports of their own, 100 above the client ports,
+    // with mutual TLS.
+    let peer_addrs: Vec<String> = if a.secure {
+        (0..a.nodes)
+            .map(|i| format!("127.0.0.1:{}", a.base_port + 100 + i))
+            .collect()
+    } else {
+        addrs.clone()
+    };
+    let peers = peer_addrs
         .iter()
         .enumerate()
         .map(|(i, addr)| format!("{}={addr}", i + 1))
@@ -131,6 +140,11 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             .arg("--data-dir")
             .arg(&dir)
             .args(&node_args)
+            .args(if a.secure {
+                vec!["--peer-listen", &peer_addrs[i]]
+            } else {
+                vec![]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -18,9 +18,14 @@ struct Args {
     /// This node's raft id.
     #[arg(long, default_value_t = 1)]
     id: u64,
-    /// Address to listen on for clients and peers.
+    /// Address to listen on for clients, and for peers unless
+    /// --peer-listen gives them their own.
     #[arg(long, default_value = "127.0.0.1:7001")]
     listen: String,
+    /// Address to listen on for peers only (then --peers names peer
+    /// addresses, and --listen serves clients only).
+    #[arg(long)]
+    peer_listen: Option<String>,
     /// Address clients are told to use (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
@@ -56,7 +61,8 @@ struct Args {
     #[arg(long)]
     auth_file: Option<PathBuf>,
     /// Serve clients over TLS with this certificate chain (PEM); needs
-    /// --key-file. Peers keep using plaintext links on the same port.
+    /// --key-file. Without --peer-listen, peers keep using plaintext links
+    /// on the same port.
     #[arg(long, requires = "key_file")]
     cert_file: Option<PathBuf>,
     /// The private key of --cert-file (PEM).
@@ -66,6 +72,23 @@ struct Args {
     /// --cert-file).
     #[arg(long, requires = "cert_file")]
     trusted_ca_file: Option<PathBuf>,
+    /// Mutual TLS between peers: this node's peer certificate chain (PEM),
+    /// presented on the peer port and to the peers it dials. Needs
+    /// --peer-listen, --peer-key-file and --peer-trusted-ca-file.
+    #[arg(long, requires_all = ["peer_key_file", "peer_trusted_ca_file", "peer_listen"])]
+    peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// Peers must present a certificate signed by this CA (PEM).
+    #[arg(long, requires = "peer_cert_file")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// With --join to a cluster that serves clients over TLS: the CA that
+    /// signed its certificates (default: --trusted-ca-file). This node's
+    /// --cert-file is presented to members that require client
+    /// certificates.
+    #[arg(long)]
+    join_ca_file: Option<PathBuf>,
     /// Configuration file (not supported yet).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -114,6 +137,7 @@ fn config(args: &Args) -> Result<Config> {
         bail!("--config is not supported yet");
     }
     let mut config = Config::new(args.id, args.listen.clone(), args.data_dir.clone());
+    config.peer_listen.clone_from(&args.peer_listen);
     config.advertise.clone_from(&args.advertise);
     if let Some(peers) = &args.peers {
         config.peers = parse_peers(peers)?;
@@ -155,12 +179,43 @@ fn config(args: &Args) -> Result<Config> {
                 .map_err(anyhow::Error::msg)?,
         );
     }
+    if let (Some(cert), Some(key), Some(ca)) = (
+        &args.peer_cert_file,
+        &args.peer_key_file,
+        &args.peer_trusted_ca_file,
+    ) {
+        config.peer_tls =
+            Some(kv_server::PeerTls::from_files(cert, key, ca).map_err(anyhow::Error::msg)?);
+    }
+    config.join_tls = join_tls(args)?;
     if let Some(path) = &args.auth_file {
         config.tokens = Some(kv_server::auth::Tokens::from_file(path).map_err(anyhow::Error::msg)?);
     }
     fit_connection_limit(&mut config);
     config.validate()?;
     Ok(config)
+}
+
+/// TLS for `--join`'s connections to a cluster whose client ports use TLS:
+/// trusting `--join-ca-file` (or `--trusted-ca-file`), presenting this
+/// node's `--cert-file` where there is one.
+fn join_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
+    if args.join.is_empty() {
+        return Ok(None);
+    }
+    let Some(ca) = args.join_ca_file.as_ref().or(args.trusted_ca_file.as_ref()) else {
+        if args.cert_file.is_some() {
+            bail!(
+                "--join with --cert-file needs --join-ca-file (or --trusted-ca-file): the CA \
+                 of the cluster's certificates"
+            );
+        }
+        return Ok(None);
+    };
+    let identity = args.cert_file.as_deref().zip(args.key_file.as_deref());
+    Ok(Some(
+        kv_server::ClientTls::from_files(ca, identity).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 /// File descriptors kept for everything but client connections: the

@@ -40,12 +40,15 @@
 //! reaches nothing.
 //!
 //! With [`Options::peer_secret`] set, both sides also prove the shared
-//! secret by challenge-response ([`auth`]) before any raft traffic.
+//! secret by challenge-response ([`auth`]) before any raft traffic. On a
+//! listener that serves only peers ([`Serves::Peers`]) with
+//! [`Options::server_tls`] from a [`PeerTls`], a peer must also present a
+//! certificate of the peer CA (mutual TLS), and plaintext is refused.
 //!
 //! # Limits
 //!
-//! No TLS. Without a peer secret, any process that knows the cluster id and
-//! a member id passes the handshake.
+//! Without a peer secret or peer TLS, any process that knows the cluster id
+//! and a member id passes the handshake.
 //! Raft messages are opaque bytes here: this crate does not depend on
 //! raft-rs.
 
@@ -80,11 +83,11 @@ pub use client::ClientConn;
 pub use connection::{Connection, FrameReader, FrameWriter};
 pub use error::{Error, Result};
 pub use frame::FrameCodec;
-pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options};
+pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options, Serves};
 pub use peer::{PeerIdentity, PeerSender};
 pub use server::{Listener, Service};
 pub use snapshot::{SnapshotOffer, SnapshotSent, send_snapshot};
-pub use tls::{ClientTls, ServerTls};
+pub use tls::{ClientTls, PeerTls, ServerTls};
 
 /// Version sent in [`proto::Hello`]; bumped on incompatible wire changes.
 /// Version 2: peers must open with a `Hello` naming the cluster id.

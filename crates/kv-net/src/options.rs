@@ -60,8 +60,28 @@ pub struct Options {
     /// Serve client connections over TLS ([`crate::tls`]); plaintext
     /// connections are then taken only as peer links.
     pub server_tls: Option<crate::tls::ServerTls>,
-    /// Dial over TLS (clients of a node with `server_tls`).
+    /// Dial over TLS (clients of a node with `server_tls`, and peer links
+    /// to nodes whose peer port uses mutual TLS).
     pub client_tls: Option<crate::tls::ClientTls>,
+    /// What a listener serves: clients and peers on one port, or one of
+    /// them on a port of its own (`kvd --peer-listen`).
+    pub serves: Serves,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Serves {
+    /// Clients and peer links on one port. With `server_tls`, clients use
+    /// TLS and peer links plaintext (told apart by their first byte).
+    #[default]
+    ClientsAndPeers,
+    /// Clients only: a peer handshake is refused (peers have a port of
+    /// their own).
+    Clients,
+    /// Peer links only: a client request is answered with a refusal naming
+    /// the client port. With `server_tls` (mutual TLS between peers), a
+    /// plaintext connection is refused.
+    Peers,
 }
 
 impl Default for Options {
@@ -84,6 +104,7 @@ impl Default for Options {
             peer_secret: None,
             server_tls: None,
             client_tls: None,
+            serves: Serves::ClientsAndPeers,
         }
     }
 }

@@ -270,14 +270,18 @@ impl Link {
                     drop(first);
                     let delay = backoff;
                     backoff = (backoff * 2).min(self.options.peer_backoff_max);
-                    tracing::debug!(peer = self.to, addr = %self.addr, error = %e, ?delay, "peer link down");
+                    if crate::tls::is_refusal(&e) {
+                        tracing::warn!(peer = self.to, addr = %self.addr, error = %e, ?delay, "peer refused (TLS)");
+                    } else {
+                        tracing::debug!(peer = self.to, addr = %self.addr, error = %e, ?delay, "peer link down");
+                    }
                     if !self.back_off(delay).await {
                         return;
                     }
                     continue;
                 }
             };
-            if matches!(error, Error::PeerAuth(_)) {
+            if matches!(error, Error::PeerAuth(_)) || crate::tls::is_refusal(&error) {
                 tracing::warn!(peer = self.to, addr = %self.addr, error = %error, "peer refused");
             } else {
                 tracing::debug!(peer = self.to, addr = %self.addr, error = %error, "peer link broke");

@@ -5,13 +5,16 @@
 //! client trusts (a CA file) and optionally its own certificate. Both are
 //! built from PEM files.
 //!
-//! A node with [`crate::Options::server_tls`] still takes plaintext
-//! connections on the same port, but only as peer links (the listener tells
-//! them apart by the first byte: a TLS handshake starts with `0x16`, a frame
-//! with its length prefix, whose first byte is `0x00` for any frame under
-//! 16 MiB). A plaintext client request there is refused with a message
-//! saying TLS is required. Peer links are authenticated by the peer secret
-//! ([`crate::auth`]), not TLS.
+//! A node whose one port serves clients and peers
+//! ([`crate::Serves::ClientsAndPeers`]) with [`crate::Options::server_tls`]
+//! still takes plaintext connections there, but only as peer links (the
+//! listener tells them apart by the first byte: a TLS handshake starts with
+//! `0x16`, a frame with its length prefix, whose first byte is `0x00` for
+//! any frame under 16 MiB). A plaintext client request there is refused
+//! with a message saying TLS is required; such peer links are
+//! authenticated by the peer secret ([`crate::auth`]). With a port for
+//! peers of its own, peers can use mutual TLS instead ([`PeerTls`]), and
+//! neither port takes plaintext once it has TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::client::ResolvesClientCert;
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
@@ -104,8 +108,10 @@ impl Reloading {
     }
 }
 
-impl ResolvesServerCert for Reloading {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl Reloading {
+    /// The current pair, read again first if the files changed since the
+    /// last check (at most every [`RELOAD_CHECK`]).
+    fn current(&self) -> Arc<CertifiedKey> {
         let mut state = self
             .state
             .lock()
@@ -126,7 +132,29 @@ impl ResolvesServerCert for Reloading {
                 }
             }
         }
-        Some(state.2.clone())
+        state.2.clone()
+    }
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The same reloading pair presented as a client certificate (a node's
+/// peer links under mutual TLS).
+impl ResolvesClientCert for Reloading {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -199,7 +227,8 @@ impl std::fmt::Debug for ClientTls {
 
 impl ClientTls {
     /// Trusting the CA certificates in `ca` (PEM); with `identity`, a
-    /// client certificate chain and key for nodes that require one.
+    /// client certificate chain and key for nodes that require one, read
+    /// again when their files change (for new connections).
     ///
     /// # Errors
     ///
@@ -210,9 +239,12 @@ impl ClientTls {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots(ca)?);
         let config = match identity {
-            Some((cert, key_file)) => builder
-                .with_client_auth_cert(certs(cert)?, key(key_file)?)
-                .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?,
+            Some((cert, key_file)) => {
+                let resolver = Reloading::new(cert, key_file).map_err(|e| {
+                    format!("{e} (with {} and {})", cert.display(), key_file.display())
+                })?;
+                builder.with_client_cert_resolver(Arc::new(resolver))
+            }
             None => builder.with_no_client_auth(),
         };
         Ok(ClientTls {
@@ -223,6 +255,50 @@ impl ClientTls {
     pub(crate) fn connector(&self) -> &TlsConnector {
         &self.connector
     }
+}
+
+/// Mutual TLS between peers (`kvd --peer-cert-file --peer-key-file
+/// --peer-trusted-ca-file`): the peer port serves with the node's peer
+/// certificate and requires one of the peer CA from every connection; the
+/// node's links to other peers present the same certificate and trust only
+/// that CA.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// For the peer listener.
+    pub server: ServerTls,
+    /// For the links this node dials.
+    pub client: ClientTls,
+}
+
+impl PeerTls {
+    /// From the node's peer certificate and key and the peer CA (PEM). The
+    /// certificate must be usable both to serve and as a client (the
+    /// extended key usages `serverAuth` and `clientAuth`, as `cargo xtask
+    /// certs` makes them).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the file that cannot be read or used.
+    pub fn from_files(cert: &Path, key_file: &Path, ca: &Path) -> Result<PeerTls, String> {
+        Ok(PeerTls {
+            server: ServerTls::from_files(cert, key_file, Some(ca))?,
+            client: ClientTls::from_files(ca, Some((cert, key_file)))?,
+        })
+    }
+}
+
+/// True when `e` is TLS refusing the other side or being refused by it (a
+/// certificate not trusted, none presented, an alert received): an
+/// authentication failure, not a network one.
+#[must_use]
+pub fn is_refusal(e: &crate::Error) -> bool {
+    let io = match e {
+        crate::Error::Connect { source, .. } | crate::Error::Io(source) => source,
+        _ => return false,
+    };
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some()
 }
 
 /// The name a certificate must carry for `addr` (`host:port`): the host,

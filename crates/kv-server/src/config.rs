@@ -12,8 +12,19 @@ use crate::error::{Error, IoContext, Result};
 pub struct Config {
     /// This node's raft id (non-zero).
     pub id: u64,
-    /// Address to listen on for clients and peers.
+    /// Address to listen on for clients, and for peers unless
+    /// `peer_listen` gives them their own.
     pub listen: String,
+    /// Address to listen on for peers only (`kvd --peer-listen`); `listen`
+    /// then serves clients only.
+    pub peer_listen: Option<String>,
+    /// Mutual TLS between peers (needs `peer_listen`): the peer port
+    /// requires a certificate of the peer CA, and links to other nodes
+    /// present this node's.
+    pub peer_tls: Option<kv_net::PeerTls>,
+    /// TLS for the connections of `kvd --join` to the running cluster's
+    /// client ports, when those use TLS.
+    pub join_tls: Option<kv_net::ClientTls>,
     /// Address clients are told to use for this node (default: `listen`).
     pub advertise: Option<String>,
     /// The initial members of a new cluster with their raft (peer) addresses,
@@ -62,6 +73,9 @@ impl Config {
         Config {
             id,
             listen: listen.into(),
+            peer_listen: None,
+            peer_tls: None,
+            join_tls: None,
             advertise: None,
             peers: BTreeMap::new(),
             join: Vec::new(),
@@ -86,11 +100,17 @@ impl Config {
         self.advertise.as_deref().unwrap_or(&self.listen)
     }
 
+    /// The address peers reach this node at when no `peers` say otherwise.
+    #[must_use]
+    pub fn peer_addr(&self) -> &str {
+        self.peer_listen.as_deref().unwrap_or(&self.listen)
+    }
+
     /// The initial members: `peers`, or this node alone.
     #[must_use]
     pub fn initial_members(&self) -> BTreeMap<u64, String> {
         if self.peers.is_empty() {
-            BTreeMap::from([(self.id, self.listen.clone())])
+            BTreeMap::from([(self.id, self.peer_addr().to_owned())])
         } else {
             self.peers.clone()
         }
@@ -121,6 +141,18 @@ impl Config {
                 "--peers does not list this node (id {})",
                 self.id
             )));
+        }
+        if self.peer_tls.is_some() && self.peer_listen.is_none() {
+            return Err(Error::Config(
+                "peer TLS (--peer-cert-file) needs --peer-listen: peers and clients each get \
+                 their own port and certificate"
+                    .into(),
+            ));
+        }
+        if self.peer_listen.as_deref() == Some(self.listen.as_str()) {
+            return Err(Error::Config(
+                "--peer-listen must differ from --listen".into(),
+            ));
         }
         if self.peers.contains_key(&0) {
             return Err(Error::Config("peer id 0 is reserved".into()));

@@ -70,7 +70,7 @@ pub mod transport;
 
 pub use config::{Config, parse_peers};
 pub use error::{Error, Result};
-pub use kv_net::{PeerSecret, ServerTls};
+pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls};
 pub use server::{Server, run};
 pub use service::KvService;
 pub use state_machine::KvStateMachine;

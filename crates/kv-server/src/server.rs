@@ -45,6 +45,8 @@ pub struct Server {
     config: Config,
     listener: Listener,
     local_addr: SocketAddr,
+    /// The peer port's listener (`kvd --peer-listen`).
+    peer_listener: Option<Listener>,
     node: Node,
     service: Arc<KvService>,
     store: Arc<Store>,
@@ -93,7 +95,7 @@ impl Server {
     /// [`Error::Locked`], corruption and I/O errors of the data directory.
     pub async fn start(config: Config) -> Result<Server> {
         config.validate()?;
-        let listener = Listener::bind(config.listen.as_str(), config.net.clone()).await?;
+        let (listener, peer_listener) = bind(&config).await?;
         let local_addr = listener.local_addr()?;
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).ctx(&dir)?;
@@ -123,10 +125,12 @@ impl Server {
             tracing::info!("--restore ignored: the data directory already holds data");
         }
         let recorded = if !set_up && !config.join.is_empty() {
+            let mut net = config.net.clone();
+            net.client_tls.clone_from(&config.join_tls);
             let joined = join::fetch_membership(
                 &config.join,
                 config.id,
-                &config.net,
+                &net,
                 config.tokens.as_ref().and_then(|t| t.own_admin_token()),
                 config.request_timeout * 6,
             )
@@ -167,8 +171,10 @@ impl Server {
             cluster_id,
             node_id: config.id,
         };
+        let mut peer_net = config.net.clone();
+        peer_net.client_tls = config.peer_tls.as_ref().map(|t| t.client.clone());
         let transport =
-            PeerTransport::start(identity, &members, &config.net, cell.clone(), store.clone())?;
+            PeerTransport::start(identity, &members, &peer_net, cell.clone(), store.clone())?;
         // A node that joined starts with an empty log and waits for the
         // leader; only the members of a new cluster bootstrap it.
         let voters: Vec<u64> = if recorded.joined {
@@ -213,9 +219,15 @@ impl Server {
                  this node can read and write"
             ),
         }
+        if let Some(l) = &peer_listener {
+            tracing::info!(peer_listen = %l.local_addr()?, "peers are served on a port of their own");
+        }
+        if config.peer_tls.is_some() {
+            tracing::info!("peers must present a certificate of the peer CA (mutual TLS)");
+        }
         if config.net.peer_secret.is_some() {
             tracing::info!("peers must prove the peer secret (challenge-response)");
-        } else {
+        } else if config.peer_tls.is_none() {
             tracing::warn!(
                 "peer traffic is unauthenticated (no --peer-* flags): a process that can reach \
                  this node and knows the cluster id can speak for a member"
@@ -232,6 +244,7 @@ impl Server {
             config,
             listener,
             local_addr,
+            peer_listener,
             node,
             service,
             store,
@@ -245,6 +258,14 @@ impl Server {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound peer address, when peers have a port of their own.
+    #[must_use]
+    pub fn peer_local_addr(&self) -> Option<SocketAddr> {
+        self.peer_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The cluster id of the peer handshake.
@@ -303,7 +324,20 @@ impl Server {
                 () = removed => {}
             }
         };
+        let peers = self.peer_listener.map(|l| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(l.run(self.service.clone(), async move {
+                let _ = stopped.await;
+            }));
+            (stop, task)
+        });
         self.listener.run(self.service.clone(), shutdown).await;
+        if let Some((stop, task)) = peers {
+            drop(stop);
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the peer listener failed");
+            }
+        }
         publisher.abort();
         sweeper.abort();
         promoter.abort();
@@ -334,6 +368,25 @@ impl Server {
         tracing::info!(id = self.config.id, "node stopped");
         Ok(stopped?)
     }
+}
+
+/// Binds the client port and, with `peer_listen`, the peer port, each with
+/// the options of what it serves. Both or neither.
+async fn bind(config: &Config) -> Result<(Listener, Option<Listener>)> {
+    let Some(peer_addr) = &config.peer_listen else {
+        return Ok((
+            Listener::bind(config.listen.as_str(), config.net.clone()).await?,
+            None,
+        ));
+    };
+    let mut clients = config.net.clone();
+    clients.serves = kv_net::Serves::Clients;
+    let mut peers = config.net.clone();
+    peers.serves = kv_net::Serves::Peers;
+    peers.server_tls = config.peer_tls.as_ref().map(|t| t.server.clone());
+    let client_listener = Listener::bind(config.listen.as_str(), clients).await?;
+    let peer_listener = Listener::bind(peer_addr.as_str(), peers).await?;
+    Ok((client_listener, Some(peer_listener)))
 }
 
 /// Completes once the raft node's thread has ended.

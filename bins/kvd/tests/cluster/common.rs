@@ -202,6 +202,28 @@ impl Cluster {
         Cluster::with_peers(listens, vec![peers; n], extra)
     }
 
+    /// `n` nodes that serve peers on a port of their own (`--peer-listen`),
+    /// which `--peers` names; the peer address of node i is in
+    /// `peer_addrs[i]`.
+    pub fn with_peer_ports(n: usize, extra: &[&str]) -> (Cluster, Vec<String>) {
+        let ports = free_ports(2 * n);
+        let addr = |p: &u16| format!("127.0.0.1:{p}");
+        let listens: Vec<String> = ports[..n].iter().map(addr).collect();
+        let peer_addrs: Vec<String> = ports[n..].iter().map(addr).collect();
+        let peers = peer_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster::with_peers(listens, vec![peers; n], extra);
+        for (node, peer) in c.nodes.iter_mut().zip(&peer_addrs) {
+            node.extra
+                .extend(["--peer-listen".to_owned(), peer.clone()]);
+        }
+        (c, peer_addrs)
+    }
+
     /// Nodes listening on `listens`, node i started with `peers[i]`.
     pub fn with_peers(listens: Vec<String>, peers: Vec<String>, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -19,6 +19,7 @@ mod membership;
 mod overload;
 mod partition;
 mod peer_secret;
+mod peer_tls;
 mod peer_wire;
 mod restart;
 mod snapshot_catch_up;

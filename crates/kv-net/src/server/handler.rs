@@ -16,7 +16,7 @@ use super::{Admission, Service, error_response};
 use crate::auth::{Binding, NONCE_LEN, Side};
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
-use crate::options::Options;
+use crate::options::{Options, Serves};
 use crate::proto::{ErrorCode, Frame, Hello, Request, Response, frame};
 
 /// Serves one connection.
@@ -127,6 +127,18 @@ impl<S: Service> Handler<S> {
                         )));
                     }
                     speaker = Speaker::Client;
+                    if self.options.serves == Serves::Peers {
+                        let refusal = error_response(
+                            request.id,
+                            ErrorCode::INVALID_ARGUMENT,
+                            "this is the node's peer port: clients use its client address \
+                             (kvd --listen); nothing was applied",
+                        );
+                        let mut frame = Frame::new();
+                        frame.set_response(refusal);
+                        let _ = tx.send((frame, Some(permit)));
+                        break;
+                    }
                     if plain_under_tls {
                         let refusal = error_response(
                             request.id,
@@ -186,6 +198,9 @@ impl<S: Service> Handler<S> {
                     }
                 }
                 Some(frame::Body::Hello(hello)) => {
+                    if hello.node_id != 0 {
+                        self.peer_port_check(hello.node_id, plain_under_tls)?;
+                    }
                     speaker = self.handshake(speaker, hello, &tx).await?;
                 }
                 Some(frame::Body::Response(_)) => {
@@ -243,6 +258,22 @@ impl<S: Service> Handler<S> {
             Connection::from_tls(tokio_rustls::TlsStream::Server(tls), &self.options),
             false,
         )))
+    }
+
+    /// Refuses a peer handshake on a port for clients only, and a
+    /// plaintext one on a peer port that takes mutual TLS.
+    fn peer_port_check(&self, node: u64, plain_under_tls: bool) -> Result<()> {
+        match self.options.serves {
+            Serves::Clients => Err(Error::PeerAuth(format!(
+                "peer handshake of node {node} on the client port refused: peers use the \
+                 peer port (kvd --peer-listen)"
+            ))),
+            Serves::Peers if plain_under_tls => Err(Error::PeerAuth(format!(
+                "plaintext peer handshake of node {node} refused: this port takes peers over \
+                 mutual TLS only (kvd --peer-cert-file on every node)"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// A `Hello` is only valid as the first frame (and, with a peer secret,
