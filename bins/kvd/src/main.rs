@@ -118,15 +118,30 @@ struct Args {
     /// is refused as overloaded.
     #[arg(long, hide = true)]
     max_write_queue_wait_ms: Option<u64>,
-    /// Connections served at once; clients over it are refused.
-    #[arg(long, hide = true)]
+    /// Connections served at once (default 16384, lowered to fit the
+    /// open-file limit); clients over it are told so and closed.
+    #[arg(long)]
     max_connections: Option<usize>,
-    /// Milliseconds a new connection has to send its first frame.
-    #[arg(long, hide = true)]
+    /// Milliseconds a new connection has to complete its TLS handshake and
+    /// send its first frame (default 10000).
+    #[arg(long)]
     handshake_timeout_ms: Option<u64>,
-    /// Milliseconds a frame may take from its first byte to its last.
-    #[arg(long, hide = true)]
+    /// Milliseconds a frame may take from its first byte to its last, and
+    /// a client to take a response (default 30000).
+    #[arg(long)]
     frame_timeout_ms: Option<u64>,
+    /// Milliseconds a client connection with no request in flight may stay
+    /// silent before it is closed (default: no limit).
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// Requests of one connection handled or waiting to be written at once
+    /// (default 4096); more are not read until some are answered.
+    #[arg(long)]
+    max_requests_in_flight: Option<usize>,
+    /// Bytes of one connection's requests and unwritten responses at once
+    /// (default 67108864); more are not read until they fit.
+    #[arg(long)]
+    max_bytes_in_flight: Option<usize>,
 }
 
 fn config(args: &Args) -> Result<Config> {
@@ -168,6 +183,15 @@ fn config(args: &Args) -> Result<Config> {
     }
     if let Some(ms) = args.frame_timeout_ms {
         config.net.frame_timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.idle_timeout_ms {
+        config.net.idle_timeout = Some(std::time::Duration::from_millis(ms));
+    }
+    if let Some(n) = args.max_requests_in_flight {
+        config.net.max_in_flight_per_connection = n;
+    }
+    if let Some(n) = args.max_bytes_in_flight {
+        config.net.max_bytes_in_flight_per_connection = n;
     }
     if let Some(path) = &args.peer_secret_file {
         config.net.peer_secret =

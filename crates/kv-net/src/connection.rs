@@ -237,6 +237,8 @@ pub struct FrameReader {
     budget: Option<Arc<Semaphore>>,
     /// The budget held for the frame being received.
     held: Option<OwnedSemaphorePermit>,
+    /// Bytes of the last frame read, length prefix included.
+    last_len: usize,
 }
 
 /// Bytes read from the socket at a time (at least).
@@ -257,6 +259,7 @@ impl FrameReader {
             frame_started: None,
             budget: None,
             held: None,
+            last_len: 0,
         }
     }
 
@@ -266,6 +269,13 @@ impl FrameReader {
     /// decoded.
     pub fn set_receive_budget(&mut self, budget: Arc<Semaphore>) {
         self.budget = Some(budget);
+    }
+
+    /// Bytes of the frame [`FrameReader::read_frame`] returned last, its
+    /// length prefix included.
+    #[must_use]
+    pub fn last_frame_len(&self) -> usize {
+        self.last_len
     }
 
     /// True when part of a frame has been received.
@@ -288,7 +298,9 @@ impl FrameReader {
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
         loop {
             self.take_budget().await?;
+            let before = self.buf.len();
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                self.last_len = before - self.buf.len();
                 self.held = None;
                 self.frame_started = (!self.buf.is_empty()).then(Instant::now);
                 if self.buf.is_empty() {

@@ -85,7 +85,7 @@ pub use error::{Error, Result};
 pub use frame::FrameCodec;
 pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options, Serves};
 pub use peer::{PeerIdentity, PeerSender};
-pub use server::{Listener, Service};
+pub use server::{Counters, Listener, Service};
 pub use snapshot::{SnapshotOffer, SnapshotSent, send_snapshot};
 pub use tls::{ClientTls, PeerTls, ServerTls};
 

@@ -33,6 +33,15 @@ pub struct Options {
     /// Requests of one connection being handled or waiting to be written;
     /// the connection is not read further while this many are pending.
     pub max_in_flight_per_connection: usize,
+    /// Bytes of one connection's requests being handled and responses
+    /// waiting to be written; the connection is not read further while
+    /// they hold this many (one frame may go over it). Bounds what a client
+    /// that pipelines large requests, or reads no responses, can pin.
+    pub max_bytes_in_flight_per_connection: usize,
+    /// A client connection with no request in flight that sends nothing
+    /// for this long is closed. `None`: idle clients may stay (bounded by
+    /// `max_connections`).
+    pub idle_timeout: Option<Duration>,
     /// On shutdown, how long in-flight requests may take before their
     /// connections are closed anyway.
     pub shutdown_grace: Duration,
@@ -93,6 +102,8 @@ impl Default for Options {
             frame_timeout: Duration::from_secs(30),
             max_receive_buffer: 1 << 30,
             max_in_flight_per_connection: 4096,
+            max_bytes_in_flight_per_connection: 64 << 20,
+            idle_timeout: None,
             shutdown_grace: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             peer_queue_capacity: 4096,
@@ -108,6 +119,11 @@ impl Default for Options {
         }
     }
 }
+
+/// Unit of [`Options::max_bytes_in_flight_per_connection`]'s permits.
+pub(crate) const IN_FLIGHT_UNIT: usize = 1 << 10;
+/// Most permits a semaphore holds, in units (1 TiB).
+pub(crate) const MAX_IN_FLIGHT_UNITS: usize = 1 << 30;
 
 /// Connections a listener admits over [`Options::max_connections`]: those
 /// being told they are over it, and peers.
@@ -139,6 +155,14 @@ impl Options {
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be at least 1");
+        }
+        if self.max_bytes_in_flight_per_connection < IN_FLIGHT_UNIT
+            || self.max_bytes_in_flight_per_connection / IN_FLIGHT_UNIT > MAX_IN_FLIGHT_UNITS
+        {
+            return bad("max_bytes_in_flight_per_connection must be between 1 KiB and 1 TiB");
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("idle_timeout must be positive");
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must be positive");

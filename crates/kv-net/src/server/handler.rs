@@ -12,11 +12,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Admission, Service, error_response};
+use super::{Admission, Counters, Service, error_response};
 use crate::auth::{Binding, NONCE_LEN, Side};
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, Result};
-use crate::options::{Options, Serves};
+use crate::options::{IN_FLIGHT_UNIT, Options, Serves};
 use crate::proto::{ErrorCode, Frame, Hello, Request, Response, frame};
 
 /// Serves one connection.
@@ -27,6 +27,7 @@ pub(super) struct Handler<S> {
     /// The listener's receive budget for large frames.
     pub(super) budget: Arc<Semaphore>,
     pub(super) admission: Admission,
+    pub(super) counters: Arc<Counters>,
 }
 
 /// What a connection has shown itself to be, which decides the frames it
@@ -64,8 +65,51 @@ impl Speaker {
     }
 }
 
-/// A frame to write; the permit, if any, is returned once it is written.
-type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
+/// What a frame to write holds of its connection's in-flight limits,
+/// returned once it is written.
+#[derive(Default)]
+struct Held {
+    /// One of `max_in_flight_per_connection`.
+    _count: Option<OwnedSemaphorePermit>,
+    /// Its bytes of `max_bytes_in_flight_per_connection`.
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    fn count(permit: OwnedSemaphorePermit) -> Held {
+        Held {
+            _count: Some(permit),
+            _bytes: None,
+        }
+    }
+}
+
+/// Bytes of `max_bytes_in_flight_per_connection` a request holds at least
+/// while it is handled (so that small requests are bounded by the count
+/// limit first: 64 MiB / 16 KiB = 4096).
+const RESPONSE_RESERVE: usize = 16 << 10;
+
+/// A frame to write and what it holds until written.
+type Outgoing = (Frame, Held);
+
+/// The permits of `len` bytes from `bytes` (at most all `total` units),
+/// taken at once if free, else counted as a wait and waited for. `None`
+/// only if the semaphore were closed, which it never is.
+async fn take_bytes(
+    bytes: &Arc<Semaphore>,
+    total: u32,
+    len: usize,
+    counters: &Counters,
+) -> Option<OwnedSemaphorePermit> {
+    let units = u32::try_from(len.div_ceil(IN_FLIGHT_UNIT))
+        .unwrap_or(u32::MAX)
+        .clamp(1, total);
+    if let Ok(p) = bytes.clone().try_acquire_many_owned(units) {
+        return Some(p);
+    }
+    Counters::bump(&counters.in_flight_waits);
+    bytes.clone().acquire_many_owned(units).await.ok()
+}
 
 impl<S: Service> Handler<S> {
     pub(super) async fn run(self, stream: TcpStream) -> Result<()> {
@@ -77,40 +121,84 @@ impl<S: Service> Handler<S> {
         let over_limit = matches!(self.admission, Admission::Over { .. });
         let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
         let max_frame_length = self.options.max_frame_length;
-        let mut writer = AbortOnDrop(tokio::spawn(write_responses(writer, rx, max_frame_length)));
+        let mut writer = AbortOnDrop(tokio::spawn(write_responses(
+            writer,
+            rx,
+            max_frame_length,
+            self.options.frame_timeout,
+            self.counters.clone(),
+        )));
         // A permit is held from reading a request until its response is
         // written: this bounds both the handler tasks and the responses
         // waiting for a slow reader.
-        let in_flight = Arc::new(Semaphore::new(self.options.max_in_flight_per_connection));
+        let max_in_flight = self.options.max_in_flight_per_connection;
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        // Bytes of requests being handled and of responses not yet written.
+        let total_units =
+            u32::try_from(self.options.max_bytes_in_flight_per_connection / IN_FLIGHT_UNIT)
+                .unwrap_or(u32::MAX);
+        let bytes = Arc::new(Semaphore::new(total_units as usize));
         let mut requests = JoinSet::new();
         let mut speaker = Speaker::Unknown;
 
         loop {
-            let permit = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => break,
-                permit = in_flight.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed
-                },
+            let permit = match in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    Counters::bump(&self.counters.in_flight_waits);
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => break,
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break, // never closed
+                        },
+                    }
+                }
             };
             // Until a connection has shown what it is (and, over the limit,
             // for as long as it is not a peer) its next frame must come in
             // time.
             let timed = matches!(speaker, Speaker::Unknown | Speaker::Proving { .. })
                 || (over_limit && !matches!(speaker, Speaker::Peer(_)));
+            // A client with nothing in flight (this loop holds one permit)
+            // that starts no frame within the idle timeout is closed; with
+            // requests in flight the timer only looks again.
+            let idle_timer = self
+                .options
+                .idle_timeout
+                .filter(|_| !timed && speaker == Speaker::Client);
+            let quiet = in_flight.available_permits() + 1 == max_in_flight;
             let frame = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 done = &mut writer.0 => return writer_ended(done),
+                () = tokio::time::sleep(idle_timer.unwrap_or_default()), if idle_timer.is_some() => {
+                    if quiet && !reader.in_frame() {
+                        Counters::bump(&self.counters.idle_closed);
+                        tracing::debug!(?idle_timer, "closing an idle client connection");
+                        return Ok(());
+                    }
+                    continue;
+                }
                 frame = read_within(&mut reader, timed.then_some(self.options.handshake_timeout)) => {
                     match frame {
                         Err(Error::Timeout(_)) | Ok(None) if matches!(speaker, Speaker::Proving { .. }) => {
+                            Counters::bump(&self.counters.handshake_timeouts);
                             return Err(unproven(speaker));
                         }
                         Err(Error::Timeout(why)) if !reader.in_frame() => {
+                            Counters::bump(&self.counters.handshake_timeouts);
                             tracing::debug!(%why, "closing a connection that sent nothing");
                             return Ok(());
+                        }
+                        Err(e @ Error::Timeout(_)) => {
+                            Counters::bump(if timed {
+                                &self.counters.handshake_timeouts
+                            } else {
+                                &self.counters.frame_timeouts
+                            });
+                            return Err(e);
                         }
                         frame => frame?,
                     }
@@ -136,7 +224,7 @@ impl<S: Service> Handler<S> {
                         );
                         let mut frame = Frame::new();
                         frame.set_response(refusal);
-                        let _ = tx.send((frame, Some(permit)));
+                        let _ = tx.send((frame, Held::count(permit)));
                         break;
                     }
                     if plain_under_tls {
@@ -148,7 +236,7 @@ impl<S: Service> Handler<S> {
                         );
                         let mut frame = Frame::new();
                         frame.set_response(refusal);
-                        let _ = tx.send((frame, Some(permit)));
+                        let _ = tx.send((frame, Held::count(permit)));
                         break;
                     }
                     if over_limit {
@@ -163,18 +251,44 @@ impl<S: Service> Handler<S> {
                         );
                         let mut frame = Frame::new();
                         frame.set_response(refusal);
-                        let _ = tx.send((frame, Some(permit)));
+                        Counters::bump(&self.counters.connections_refused);
+                        let _ = tx.send((frame, Held::count(permit)));
                         break;
                     }
+                    // The request's bytes (at least a reservation for its
+                    // response) are held while it is handled: the
+                    // connection is not read further until they fit, and,
+                    // the semaphore being fair, not while responses wait
+                    // for room either.
+                    let len = reader.last_frame_len().max(RESPONSE_RESERVE);
+                    let request_bytes = tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => break,
+                        held = take_bytes(&bytes, total_units, len, &self.counters) => held,
+                    };
                     let service = self.service.clone();
                     let tx = tx.clone();
+                    let (bytes, counters) = (bytes.clone(), self.counters.clone());
                     requests.spawn(async move {
                         let response = answer(&*service, request).await;
+                        drop(request_bytes);
+                        // The response's bytes are held until it is written:
+                        // responses a client does not read stop its
+                        // connection from being read too.
+                        let len = protobuf::Message::compute_size(&response);
+                        let len = usize::try_from(len).unwrap_or(usize::MAX);
+                        let response_bytes = take_bytes(&bytes, total_units, len, &counters).await;
                         let mut frame = Frame::new();
                         frame.set_response(response);
                         // Fails only when the writer is gone, i.e. the
                         // connection is being torn down.
-                        let _ = tx.send((frame, Some(permit)));
+                        let _ = tx.send((
+                            frame,
+                            Held {
+                                _count: Some(permit),
+                                _bytes: response_bytes,
+                            },
+                        ));
                     });
                 }
                 Some(frame::Body::Peer(message)) => {
@@ -194,7 +308,7 @@ impl<S: Service> Handler<S> {
                     if let Some(reply) = reply {
                         let mut frame = Frame::new();
                         frame.set_snapshot_chunk(reply);
-                        let _ = tx.send((frame, None));
+                        let _ = tx.send((frame, Held::default()));
                     }
                 }
                 Some(frame::Body::Hello(hello)) => {
@@ -243,7 +357,11 @@ impl<S: Service> Handler<S> {
         let wait = self.options.handshake_timeout;
         let mut first = [0u8; 1];
         match tokio::time::timeout(wait, stream.peek(&mut first)).await {
-            Err(_) | Ok(Ok(0)) => return Ok(None),
+            Err(_) => {
+                Counters::bump(&self.counters.handshake_timeouts);
+                return Ok(None);
+            }
+            Ok(Ok(0)) => return Ok(None),
             Ok(Err(e)) => return Err(Error::Io(e)),
             Ok(Ok(_)) => {}
         }
@@ -252,7 +370,10 @@ impl<S: Service> Handler<S> {
         }
         let tls = tokio::time::timeout(wait, tls.acceptor().accept(stream))
             .await
-            .map_err(|_| Error::Timeout(format!("TLS handshake not done within {wait:?}")))?
+            .map_err(|_| {
+                Counters::bump(&self.counters.handshake_timeouts);
+                Error::Timeout(format!("TLS handshake not done within {wait:?}"))
+            })?
             .map_err(|e| Error::Protocol(format!("TLS handshake failed: {e}")))?;
         Ok(Some((
             Connection::from_tls(tokio_rustls::TlsStream::Server(tls), &self.options),
@@ -358,7 +479,7 @@ impl<S: Service> Handler<S> {
         challenge.proof = secret.prove(Side::Acceptor, &binding).into();
         let mut frame = Frame::new();
         frame.set_hello(challenge);
-        tx.send((frame, None))
+        tx.send((frame, Held::default()))
             .map_err(|_| Error::Protocol("connection closing".into()))?;
         Ok(Speaker::Proving {
             peer,
@@ -429,19 +550,37 @@ async fn answer<S: Service>(service: &S, request: Request) -> Response {
 
 /// Writes frames as they arrive, batching those that are ready together into
 /// one flush.
+///
+/// A write the client does not take within `stall` (it reads no
+/// responses) closes the connection.
 async fn write_responses(
     mut writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     max_frame_length: usize,
+    stall: Duration,
+    counters: Arc<Counters>,
 ) -> Result<()> {
+    let within = |what: &'static str| {
+        let counters = counters.clone();
+        move |_| {
+            Counters::bump(&counters.frame_timeouts);
+            Error::Timeout(format!("the client took no {what} within {stall:?}"))
+        }
+    };
     while let Some((frame, permit)) = rx.recv().await {
-        feed(&mut writer, frame, max_frame_length).await?;
+        tokio::time::timeout(stall, feed(&mut writer, frame, max_frame_length))
+            .await
+            .map_err(within("response"))??;
         drop(permit);
         while let Ok((frame, permit)) = rx.try_recv() {
-            feed(&mut writer, frame, max_frame_length).await?;
+            tokio::time::timeout(stall, feed(&mut writer, frame, max_frame_length))
+                .await
+                .map_err(within("response"))??;
             drop(permit);
         }
-        writer.flush().await?;
+        tokio::time::timeout(stall, writer.flush())
+            .await
+            .map_err(within("flush"))??;
     }
     writer.shutdown().await
 }

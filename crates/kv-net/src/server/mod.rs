@@ -29,8 +29,10 @@ use crate::error::{Error, Result};
 use crate::options::{OVERFLOW_CONNECTIONS, Options};
 use crate::proto::{self, ErrorCode, Hello, PeerMessage, Request, Response, SnapshotChunk};
 
+mod counters;
 mod handler;
 
+pub use counters::Counters;
 use handler::Handler;
 
 /// What a node does with the frames it receives.
@@ -124,6 +126,7 @@ pub fn error_response(id: u64, code: ErrorCode, message: impl Into<String>) -> R
 pub struct Listener {
     listener: TcpListener,
     options: Arc<Options>,
+    counters: Arc<Counters>,
 }
 
 impl Listener {
@@ -148,6 +151,7 @@ impl Listener {
         Ok(Listener {
             listener,
             options: Arc::new(options),
+            counters: Arc::default(),
         })
     }
 
@@ -161,7 +165,15 @@ impl Listener {
         Ok(Listener {
             listener,
             options: Arc::new(options),
+            counters: Arc::default(),
         })
+    }
+
+    /// How often this listener's limits were hit (shared: read it while
+    /// [`Listener::run`] serves).
+    #[must_use]
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// The bound address (useful after binding port 0).
@@ -210,6 +222,7 @@ impl Listener {
                     };
                     let Some(admission) = admission else {
                         // Over the limit and its overflow: not even told.
+                        Counters::bump(&self.counters.connections_refused);
                         refusals.note(&self.options, addr);
                         drop(stream);
                         continue;
@@ -217,12 +230,14 @@ impl Listener {
                     if matches!(admission, Admission::Over { .. }) {
                         refusals.note(&self.options, addr);
                     }
+                    let counters = self.counters.clone();
                     let handler = Handler {
                         service: service.clone(),
                         options: self.options.clone(),
                         shutdown: token.clone(),
                         budget: budget.clone(),
                         admission,
+                        counters,
                     };
                     connections.spawn(async move {
                         match handler.run(stream).await {
