@@ -193,8 +193,8 @@ async fn a_node_joins_a_cluster_with_client_tls_and_peer_certificates() {
     opts.net.client_tls = Some(tls);
     let client = kv_client::Client::new(eps.clone(), opts);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.put("k", "v").await.is_err() {
-        assert!(Instant::now() < deadline, "no put:\n{}", c.logs());
+    while let Err(e) = client.put("k", "v").await {
+        assert!(Instant::now() < deadline, "no put: {e}\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -204,27 +204,40 @@ async fn a_node_joins_a_cluster_with_client_tls_and_peer_certificates() {
         format!("127.0.0.1:{}", ports[0]),
         format!("127.0.0.1:{}", ports[1]),
     );
-    let o = kvctl(
-        &eps,
-        &[
-            "--timeout",
-            "10s",
-            "--cacert",
-            &ca_file,
-            "--cert",
-            &ccert,
-            "--key",
-            &ckey,
-            "member",
-            "add",
-            "4",
-            &peer,
-            "--advertise",
-            &listen,
-        ],
-        None,
-    );
-    assert_eq!(o.status.code(), Some(0), "member add: {o:?}\n{}", c.logs());
+    // Refused (exit 3) while a member still catches up after the start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = kvctl(
+            &eps,
+            &[
+                "--timeout",
+                "10s",
+                "--cacert",
+                &ca_file,
+                "--cert",
+                &ccert,
+                "--key",
+                &ckey,
+                "member",
+                "add",
+                "4",
+                &peer,
+                "--advertise",
+                &listen,
+            ],
+            None,
+        );
+        if o.status.code() == Some(0) {
+            break;
+        }
+        eprintln!("member add: {}", String::from_utf8_lossy(&o.stderr).trim());
+        assert!(
+            o.status.code() == Some(3) && Instant::now() < deadline,
+            "member add: {o:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut extra = vec!["--peer-listen".to_owned(), peer.clone()];
     extra.extend(tls_flags.iter().cloned());
     extra.extend(peer_flags(certs.path(), &ca, &ca_file, "node4"));
