@@ -246,3 +246,61 @@ async fn a_certificate_swapped_on_disk_is_picked_up_by_new_connections() {
         c.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_are_closed_and_others_served() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("FlashKV test CA").expect("ca");
+    let node = ca.issue("node", &["127.0.0.1"], Use::Node).expect("cert");
+    let ca_file = write(dir.path(), "ca.pem", &ca.cert);
+    let cert = write(dir.path(), "node.pem", &node.cert);
+    let key = write(dir.path(), "node.key", &node.key);
+    let mut c = Cluster::new(
+        1,
+        &[
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--handshake-timeout-ms",
+            "1000",
+        ],
+    );
+    c.start_all();
+    let eps = c.endpoints();
+    // 200 connections that begin a TLS record and stop.
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&eps[0])
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut s, &[0x16, 0x03, 0x01, 0x00])
+            .await
+            .expect("send");
+        stalled.push(s);
+    }
+    let o = kvctl(
+        &eps,
+        &["--timeout", "10s", "--cacert", &ca_file, "put", "k", "v"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}\n{}", c.logs());
+    // Every stalled one is closed by the node, soon after the timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for s in &mut stalled {
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(s, &mut buf))
+                .await
+            {
+                Err(_) => panic!("a stalled TLS handshake was still open after 10 s"),
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+    let o = kvctl(&eps, &["--cacert", &ca_file, "get", "k"], None);
+    assert_eq!(stdout(&o).trim(), "v", "{o:?}");
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}
