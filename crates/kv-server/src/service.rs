@@ -46,6 +46,9 @@ pub struct KvService {
     handle: Handle,
     store: Arc<Store>,
     advertise: String,
+    /// Peers have ports of their own (`--peer-listen`): a peer address is
+    /// no place to send a client.
+    peer_ports: bool,
     peers: BTreeMap<u64, String>,
     cluster_id: u64,
     request_timeout: Duration,
@@ -130,6 +133,7 @@ impl KvService {
             handle: handle.clone(),
             store,
             advertise: config.advertise_addr().to_owned(),
+            peer_ports: config.peer_listen.is_some(),
             peers,
             cluster_id,
             request_timeout: config.request_timeout,
@@ -142,7 +146,8 @@ impl KvService {
     }
 
     /// The advertise address of node `id`: as the node published it in the
-    /// replicated state, else (not yet published) its peer address.
+    /// replicated state, else (not yet published) its peer address when
+    /// peers share the client port, else nothing.
     #[must_use]
     pub fn advertise_of(&self, id: u64) -> String {
         if id == self.id {
@@ -157,7 +162,7 @@ impl KvService {
             .flatten()
             .and_then(|v| String::from_utf8(v.to_vec()).ok());
         published
-            .or_else(|| self.peers.get(&id).cloned())
+            .or_else(|| self.peers.get(&id).filter(|_| !self.peer_ports).cloned())
             .unwrap_or_default()
     }
 

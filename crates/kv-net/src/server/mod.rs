@@ -31,6 +31,7 @@ use crate::proto::{self, ErrorCode, Hello, PeerMessage, Request, Response, Snaps
 
 mod counters;
 mod handler;
+mod outgoing;
 
 pub use counters::Counters;
 use handler::Handler;
