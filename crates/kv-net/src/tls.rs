@@ -208,7 +208,10 @@ impl ServerTls {
         })
     }
 
-    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+    /// The acceptor, for other servers of the node that take the same
+    /// certificate (the HTTP gateway).
+    #[must_use]
+    pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 }

@@ -29,6 +29,8 @@
 //! - [`completion`]: the one-shot [`Completion`] every call returns; block on
 //!   it with `wait` or `.await` it (no async runtime needed).
 //! - [`options`], [`error`]: the crate's [`Options`] and its one [`Error`].
+//! - [`observer`]: the [`Observer`] a caller's metrics registry implements
+//!   (fsync durations, leader changes).
 //!
 //! # Guarantees
 //!
@@ -61,6 +63,7 @@ pub mod completion;
 pub mod driver;
 pub mod error;
 pub mod log_store;
+pub mod observer;
 pub mod options;
 mod record;
 pub mod state_machine;
@@ -69,6 +72,7 @@ pub use completion::Completion;
 pub use driver::{Handle, Node, PeerProgress, Role, Status};
 pub use error::{BoxError, Error, Result};
 pub use log_store::LogStore;
+pub use observer::Observer;
 pub use options::Options;
 pub use state_machine::{SnapshotJob, StateMachine, Transport};
 

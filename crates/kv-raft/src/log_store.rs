@@ -68,6 +68,7 @@ pub struct LogStore {
     dir: PathBuf,
     _lock: File,
     sync: bool,
+    observer: Option<std::sync::Arc<dyn crate::Observer>>,
     max_record: usize,
     segment_bytes: u64,
     segments: Vec<Segment>,
@@ -337,6 +338,7 @@ impl LogStore {
             dir,
             _lock: lock,
             sync: opts.sync,
+            observer: opts.observer.clone(),
             max_record: opts.max_record_bytes,
             segment_bytes: opts.segment_bytes,
             segments,
@@ -592,7 +594,11 @@ impl LogStore {
             .write_all(&self.buf)
             .map_err(|e| Error::io(&path, e))?;
         if self.sync {
+            let started = std::time::Instant::now();
             self.active.sync_data().map_err(|e| Error::io(&path, e))?;
+            if let Some(o) = &self.observer {
+                o.log_synced(started.elapsed());
+            }
         }
         self.active_len += self.buf.len() as u64;
         self.buf.clear();

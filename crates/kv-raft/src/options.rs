@@ -1,5 +1,6 @@
 //! Tunables of the log store and the driver.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -55,6 +56,8 @@ pub struct Options {
     /// Call `fsync` (`fdatasync`). Only tests and benchmarks of the
     /// non-durable path turn this off.
     pub sync: bool,
+    /// Told of fsync durations and leader changes (metrics).
+    pub observer: Option<Arc<dyn crate::Observer>>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             max_record_bytes: 1 << 30,
             read_timeout: Duration::from_secs(3),
             sync: true,
+            observer: None,
         }
     }
 }

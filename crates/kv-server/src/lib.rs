@@ -27,6 +27,8 @@
 //!   traffic.
 //! - [`membership`]: the replicated address book and the membership
 //!   requests (add, promote, remove, leader transfer).
+//! - [`metrics`]: [`Metrics`], the node's Prometheus registry (SPEC
+//!   section 9's names).
 //! - [`server`]: [`Server`] / [`run`]: one node, from data directory to
 //!   graceful shutdown.
 //!
@@ -60,6 +62,7 @@ mod error;
 pub mod join;
 pub mod keys;
 pub mod membership;
+pub mod metrics;
 pub mod proposer;
 pub mod server;
 pub mod service;
@@ -69,6 +72,7 @@ pub mod store;
 pub mod transport;
 
 pub use config::{Config, parse_peers};
+pub use metrics::Metrics;
 pub use error::{Error, Result};
 pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls};
 pub use server::{Server, run};

@@ -52,6 +52,7 @@ pub struct Server {
     store: Arc<Store>,
     members: BTreeMap<u64, String>,
     cluster_id: u64,
+    metrics: crate::Metrics,
     _lock: File,
 }
 
@@ -166,6 +167,12 @@ impl Server {
             )
         };
         let sm = KvStateMachine::open(store.clone())?;
+        let metrics = crate::Metrics::new();
+        metrics.watch_store(store.clone());
+        metrics.watch_listener(listener.counters());
+        if let Some(l) = &peer_listener {
+            metrics.watch_listener(l.counters());
+        }
         let cell = HandleCell::default();
         let identity = PeerIdentity {
             cluster_id,
@@ -173,8 +180,14 @@ impl Server {
         };
         let mut peer_net = config.net.clone();
         peer_net.client_tls = config.peer_tls.as_ref().map(|t| t.client.clone());
-        let transport =
-            PeerTransport::start(identity, &members, &peer_net, cell.clone(), store.clone())?;
+        let transport = PeerTransport::start(
+            identity,
+            &members,
+            &peer_net,
+            cell.clone(),
+            store.clone(),
+            metrics.clone(),
+        )?;
         // A node that joined starts with an empty log and waits for the
         // leader; only the members of a new cluster bootstrap it.
         let voters: Vec<u64> = if recorded.joined {
@@ -183,12 +196,9 @@ impl Server {
             members.keys().copied().collect()
         };
         let node = {
-            let (id, raft_dir, opts, voters) = (
-                config.id,
-                dir.join("raft"),
-                config.raft.clone(),
-                voters.clone(),
-            );
+            let mut opts = config.raft.clone();
+            opts.observer = Some(metrics.raft_observer());
+            let (id, raft_dir, voters) = (config.id, dir.join("raft"), voters.clone());
             tokio::task::spawn_blocking(move || {
                 Node::start(id, raft_dir, &voters, opts, sm, transport)
             })
@@ -207,6 +217,7 @@ impl Server {
             store.clone(),
             members.clone(),
             cluster_id,
+            metrics.clone(),
         ));
         match &config.net.server_tls {
             Some(t) => tracing::info!(tls = ?t, "clients are served over TLS"),
@@ -250,8 +261,15 @@ impl Server {
             store,
             members,
             cluster_id,
+            metrics,
             _lock: lock,
         })
+    }
+
+    /// The node's metrics (`/metrics` of the HTTP gateway).
+    #[must_use]
+    pub fn metrics(&self) -> crate::Metrics {
+        self.metrics.clone()
     }
 
     /// The bound listen address.
@@ -304,6 +322,10 @@ impl Server {
             Arc::downgrade(&self.service),
             self.config.snapshot_idle_timeout,
         ));
+        let sampler = tokio::spawn(sample_raft(
+            Arc::downgrade(&self.service),
+            self.metrics.clone(),
+        ));
         let promoter = tokio::spawn(crate::membership::promote_caught_up(
             Arc::downgrade(&self.service),
             MEMBERSHIP_CHECK_EVERY,
@@ -340,6 +362,7 @@ impl Server {
         }
         publisher.abort();
         sweeper.abort();
+        sampler.abort();
         promoter.abort();
         drop(self.service);
         let node = node.lock().take();
@@ -397,6 +420,23 @@ async fn raft_stopped(node: &parking_lot::Mutex<Option<Node>>) {
             tracing::error!("the raft thread has stopped; shutting down");
             return;
         }
+    }
+}
+
+/// How often the raft gauges of [`crate::Metrics`] are sampled.
+const SAMPLE_RAFT_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps the raft gauges of `metrics` current.
+async fn sample_raft(service: std::sync::Weak<KvService>, metrics: crate::Metrics) {
+    loop {
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        if let Ok(status) = service.handle().status().await {
+            metrics.set_raft(&status, service.writes_pending());
+        }
+        drop(service);
+        tokio::time::sleep(SAMPLE_RAFT_EVERY).await;
     }
 }
 

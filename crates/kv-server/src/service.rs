@@ -58,6 +58,7 @@ pub struct KvService {
     pub(crate) backups: Arc<crate::backup::Backups>,
     proposer: Proposer,
     tokens: Option<crate::auth::Tokens>,
+    metrics: crate::Metrics,
 }
 
 /// What a failed raft call means for the client.
@@ -121,6 +122,7 @@ impl KvService {
         store: Arc<Store>,
         peers: BTreeMap<u64, String>,
         cluster_id: u64,
+        metrics: crate::Metrics,
     ) -> KvService {
         let snapshots = Arc::new(Receiver::new(
             store.snapshots().clone(),
@@ -142,7 +144,13 @@ impl KvService {
             snapshots,
             proposer: Proposer::start(handle.clone(), write_limits(config)),
             tokens: config.tokens.clone(),
+            metrics,
         }
+    }
+
+    /// Client writes admitted and not yet answered.
+    pub(crate) fn writes_pending(&self) -> usize {
+        self.proposer.pending()
     }
 
     /// The advertise address of node `id`: as the node published it in the
@@ -527,7 +535,12 @@ impl Service for KvService {
     }
 
     async fn handle(&self, request: Request) -> Response {
-        self.serve(request).await.unwrap_or_else(|e| e)
+        let started = std::time::Instant::now();
+        let op = op_name(request.cmd.as_ref());
+        let response = self.serve(request).await.unwrap_or_else(|e| e);
+        self.metrics
+            .request(op, result_name(&response), started.elapsed());
+        response
     }
 
     async fn peer_hello(&self, hello: Hello) -> Result<(), String> {
@@ -613,6 +626,47 @@ impl Service for KvService {
 }
 
 /// The acknowledgement owed for a data chunk: only the last one gets one.
+/// The `op` label of a request's command.
+fn op_name(cmd: Option<&request::Cmd>) -> &'static str {
+    match cmd {
+        Some(request::Cmd::Put(_)) => "put",
+        Some(request::Cmd::Get(_)) => "get",
+        Some(request::Cmd::Delete(_)) => "delete",
+        Some(request::Cmd::Cas(_)) => "cas",
+        Some(request::Cmd::Range(_)) => "range",
+        Some(request::Cmd::Batch(_)) => "batch",
+        Some(request::Cmd::Status(_)) => "status",
+        Some(request::Cmd::MemberList(_)) => "member_list",
+        Some(request::Cmd::MemberAdd(_)) => "member_add",
+        Some(request::Cmd::MemberPromote(_)) => "member_promote",
+        Some(request::Cmd::MemberRemove(_)) => "member_remove",
+        Some(request::Cmd::LeaderTransfer(_)) => "leader_transfer",
+        Some(
+            request::Cmd::SnapshotSave(_)
+            | request::Cmd::SnapshotRead(_)
+            | request::Cmd::SnapshotRelease(_),
+        ) => "snapshot",
+        _ => "unknown",
+    }
+}
+
+/// The `result` label of an answer: `ok`, or its error code in lower case.
+fn result_name(response: &Response) -> &'static str {
+    let Some(proto::response::Result::Error(e)) = &response.result else {
+        return "ok";
+    };
+    match e.code.enum_value_or_default() {
+        ErrorCode::NOT_LEADER => "not_leader",
+        ErrorCode::TIMEOUT => "timeout",
+        ErrorCode::INVALID_ARGUMENT => "invalid_argument",
+        ErrorCode::UNAVAILABLE => "unavailable",
+        ErrorCode::COMPARE_FAILED => "compare_failed",
+        ErrorCode::INTERNAL => "internal",
+        ErrorCode::PERMISSION_DENIED => "permission_denied",
+        ErrorCode::UNKNOWN => "unknown",
+    }
+}
+
 fn msg_ack(chunk: &SnapshotChunk) -> Option<SnapshotChunk> {
     chunk.last.then(|| kv_net::snapshot::snapshot_ack(chunk))
 }

@@ -43,6 +43,7 @@ pub struct PeerTransport {
     runtime: tokio::runtime::Handle,
     handle: HandleCell,
     store: Arc<Store>,
+    metrics: crate::Metrics,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -67,6 +68,7 @@ impl PeerTransport {
         net: &kv_net::Options,
         handle: HandleCell,
         store: Arc<Store>,
+        metrics: crate::Metrics,
     ) -> kv_net::Result<PeerTransport> {
         let mut senders = HashMap::new();
         for (&peer, addr) in addrs {
@@ -90,6 +92,7 @@ impl PeerTransport {
             runtime: tokio::runtime::Handle::current(),
             handle,
             store,
+            metrics,
         })
     }
 
@@ -177,13 +180,14 @@ impl PeerTransport {
             }
         };
         let snapshot_id = msg.get_snapshot().get_metadata().index;
-        let (from, net) = (self.identity, self.net.clone());
+        let (from, net, metrics) = (self.identity, self.net.clone(), self.metrics.clone());
         self.runtime.spawn(async move {
             let sent =
                 crate::snapshot::send::send(pin, &addr, &net, from, to, snapshot_id, raft_message)
                     .await;
-            if let Err(e) = &sent {
-                tracing::warn!(peer = to, error = %e, "snapshot transfer failed");
+            match &sent {
+                Ok(s) => metrics.snapshot_sent(s.sent),
+                Err(e) => tracing::warn!(peer = to, error = %e, "snapshot transfer failed"),
             }
             report(sent.is_ok());
         });

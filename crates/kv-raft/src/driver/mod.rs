@@ -404,6 +404,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         if leader != self.leader_id {
+            if let Some(o) = &self.opts.observer {
+                o.leader_changed((leader != 0).then_some(leader));
+            }
             // Outstanding ReadIndex rounds die with the old leader's term.
             for (_, batch) in self.read_batches.drain() {
                 for w in batch {

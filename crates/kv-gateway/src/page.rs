@@ -1,0 +1,267 @@
+//! `GET /`: the status page, and `GET /api/cluster`, the data it shows.
+//!
+//! The page is rendered on the server (members, roles, terms, indexes,
+//! lag, leader, request rates and latency percentiles over the last
+//! minute), so it reads without scripts; a small inline script (no CDN)
+//! refreshes it every two seconds and draws the request rate of the last
+//! minute as an SVG chart.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+
+use crate::Gateway;
+use crate::rates::Summary;
+
+/// How long the page waits for one member's status.
+const MEMBER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One member as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// Raft id.
+    pub id: u64,
+    /// Where clients reach it.
+    pub address: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// Its role as it answers, or `unreachable`.
+    pub role: String,
+    /// Its term.
+    pub term: u64,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// Entries it has not applied of what the leader committed.
+    pub lag: u64,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// The node serving this page.
+    pub this_node: bool,
+}
+
+/// `/api/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// The node serving this page.
+    pub node_id: u64,
+    /// The leader, 0 when unknown.
+    pub leader_id: u64,
+    /// The highest term any member answered with.
+    pub term: u64,
+    /// Members, by id.
+    pub members: Vec<MemberView>,
+    /// Why the member list could not be had (the page then shows this
+    /// node alone).
+    pub members_error: Option<String>,
+    /// This node's requests over the last minute.
+    pub rates: Summary,
+}
+
+async fn view(gw: &Gateway) -> ClusterView {
+    let client = gw.own_client();
+    let own = client.status(gw.local_endpoint()).await.ok();
+    let (listed, members_error) = match client.member_list().await {
+        Ok(m) => (
+            m.members
+                .into_iter()
+                .map(|m| (m.id, m.advertise, m.voter))
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        Err(e) => (
+            own.iter()
+                .map(|s| (s.id, gw.local_endpoint().to_owned(), true))
+                .collect(),
+            Some(e.to_string()),
+        ),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, address, voter) in listed {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let answer = tokio::time::timeout(MEMBER_TIMEOUT, client.status(&address)).await;
+            (id, address, voter, answer)
+        });
+    }
+    let mut members = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let Ok((id, address, voter, answer)) = done else {
+            continue;
+        };
+        let this_node = own.as_ref().is_some_and(|s| s.id == id);
+        let mut m = MemberView {
+            id,
+            address,
+            voter,
+            role: "unreachable".to_owned(),
+            term: 0,
+            commit_index: 0,
+            applied_index: 0,
+            lag: 0,
+            error: None,
+            this_node,
+        };
+        match answer {
+            Ok(Ok(s)) => {
+                m.role = s.role.to_owned();
+                m.term = s.term;
+                m.commit_index = s.commit_index;
+                m.applied_index = s.applied_index;
+            }
+            Ok(Err(e)) => m.error = Some(e.to_string()),
+            Err(_) => m.error = Some(format!("no answer within {MEMBER_TIMEOUT:?}")),
+        }
+        members.push(m);
+    }
+    members.sort_by_key(|m| m.id);
+    let leader_commit = members
+        .iter()
+        .map(|m| m.commit_index)
+        .max()
+        .unwrap_or(0);
+    for m in &mut members {
+        if m.error.is_none() {
+            m.lag = leader_commit.saturating_sub(m.applied_index);
+        }
+    }
+    let leader_id = members
+        .iter()
+        .find(|m| m.role == "leader")
+        .map_or_else(|| own.as_ref().map_or(0, |s| s.leader_id), |m| m.id);
+    ClusterView {
+        node_id: own.as_ref().map_or(0, |s| s.id),
+        leader_id,
+        term: members.iter().map(|m| m.term).max().unwrap_or(0),
+        members,
+        members_error,
+        rates: gw.rates().summary(),
+    }
+}
+
+/// `GET /api/cluster`: the data of the status page.
+pub async fn cluster(State(gw): State<Gateway>) -> Response {
+    Json(view(&gw).await).into_response()
+}
+
+/// `GET /`: the status page.
+pub async fn index(State(gw): State<Gateway>) -> Html<String> {
+    Html(render(&view(&gw).await))
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.2} ms"))
+}
+
+/// The page for `v`.
+#[must_use]
+pub fn render(v: &ClusterView) -> String {
+    let mut rows = String::new();
+    for m in &v.members {
+        let _ = write!(
+            rows,
+            "<tr class=\"{}\"><td>{}{}</td><td>{}</td><td class=\"role {}\">{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if m.this_node { "self" } else { "" },
+            m.id,
+            if m.this_node { " (this node)" } else { "" },
+            esc(&m.address),
+            esc(&m.role),
+            esc(&m.role),
+            m.term,
+            m.commit_index,
+            m.applied_index,
+            m.lag,
+            if m.voter { "voter" } else { "learner" },
+        );
+    }
+    let r = &v.rates;
+    let warning = v
+        .members_error
+        .as_ref()
+        .map(|e| format!("<p class=\"warn\">member list unavailable: {}</p>", esc(e)))
+        .unwrap_or_default();
+    let data = serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned());
+    PAGE.replace("{{node_id}}", &v.node_id.to_string())
+        .replace("{{leader_id}}", &v.leader_id.to_string())
+        .replace("{{term}}", &v.term.to_string())
+        .replace("{{rows}}", &rows)
+        .replace("{{warning}}", &warning)
+        .replace("{{ops}}", &format!("{:.1}", r.ops_per_s))
+        .replace("{{p50}}", &fmt_ms(r.p50_ms))
+        .replace("{{p90}}", &fmt_ms(r.p90_ms))
+        .replace("{{p99}}", &fmt_ms(r.p99_ms))
+        // `</` cannot end the script element early.
+        .replace("{{data}}", &data.replace("</", "<\\/"))
+}
+
+const PAGE: &str = include_str!("page.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_shows_every_member_and_escapes_what_it_shows() {
+        let v = ClusterView {
+            node_id: 1,
+            leader_id: 2,
+            term: 7,
+            members: vec![
+                MemberView {
+                    id: 1,
+                    address: "127.0.0.1:7001".into(),
+                    voter: true,
+                    role: "follower".into(),
+                    term: 7,
+                    commit_index: 10,
+                    applied_index: 9,
+                    lag: 1,
+                    error: None,
+                    this_node: true,
+                },
+                MemberView {
+                    id: 2,
+                    address: "<script>".into(),
+                    voter: true,
+                    role: "leader".into(),
+                    term: 7,
+                    commit_index: 10,
+                    applied_index: 10,
+                    lag: 0,
+                    error: None,
+                    this_node: false,
+                },
+            ],
+            members_error: None,
+            rates: crate::rates::Rates::default().summary(),
+        };
+        let html = render(&v);
+        assert!(html.contains("1 (this node)"), "{html}");
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(!html.contains("<td><script>"));
+        assert!(html.contains("class=\"role leader\""));
+        assert!(!html.contains("{{"), "a placeholder is left");
+    }
+}
