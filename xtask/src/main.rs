@@ -15,10 +15,13 @@
 //!   the data-larger-than-memory benchmark (`benches/cluster`): loads a
 //!   3-node cluster, joins a 4th node from empty, reports memory, disk,
 //!   throughput and the snapshot transfer rate.
+//! - `cargo xtask python-proto [--check]`: the proto descriptor for the
+//!   Python client (`clients/python`); `--check` fails if it is stale.
 
 mod certs;
 mod cluster;
 mod jepsen;
+mod python_proto;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Some("cluster") => cluster::run(&args[1..], &workspace_root()),
         Some("certs") => certs::run(&args[1..], &workspace_root()),
         Some("jepsen") => jepsen::run(&args[1..], &workspace_root()),
+        Some("python-proto") => python_proto::run(&args[1..], &workspace_root()),
         Some("scale") => {
             run(&["build", "--release", "-p", "kvd", "-p", "cluster-bench"])?;
             let root = workspace_root();
@@ -79,7 +83,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]\n  certs    a CA, node and client certificates, a peer secret, tokens: [--dir target/certs]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]\n  certs    a CA, node and client certificates, a peer secret, tokens: [--dir target/certs]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]\n  python-proto  the proto descriptor of the Python client: [--check]"
             );
             std::process::exit(2);
         }

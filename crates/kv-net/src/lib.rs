@@ -76,6 +76,18 @@ pub mod tls;
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
     pub use self::flashkv::*;
+
+    /// The serialized `FileDescriptorProto` of `proto/flashkv.proto`, as
+    /// compiled: other languages' protobuf runtimes build the same messages
+    /// from it (`cargo xtask python-proto`).
+    #[must_use]
+    pub fn file_descriptor_bytes() -> Vec<u8> {
+        use protobuf::Message as _;
+        flashkv::file_descriptor()
+            .proto()
+            .write_to_bytes()
+            .expect("a parsed descriptor serializes")
+    }
 }
 
 pub use auth::PeerSecret;
