@@ -538,8 +538,11 @@ impl Service for KvService {
         let started = std::time::Instant::now();
         let op = op_name(request.cmd.as_ref());
         let response = self.serve(request).await.unwrap_or_else(|e| e);
-        self.metrics
-            .request(op, result_name(&response), started.elapsed());
+        let (result, took) = (result_name(&response), started.elapsed());
+        self.metrics.request(op, result, took);
+        if took >= SLOW_REQUEST {
+            tracing::warn!(op, result, took_ms = took.as_millis(), "slow request");
+        }
         response
     }
 
@@ -626,6 +629,9 @@ impl Service for KvService {
 }
 
 /// The acknowledgement owed for a data chunk: only the last one gets one.
+/// Requests that take longer are logged (with their command and result).
+const SLOW_REQUEST: Duration = Duration::from_secs(1);
+
 /// The `op` label of a request's command.
 fn op_name(cmd: Option<&request::Cmd>) -> &'static str {
     match cmd {

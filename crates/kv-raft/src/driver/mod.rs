@@ -404,6 +404,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         if leader != self.leader_id {
+            tracing::info!(
+                leader,
+                previous = self.leader_id,
+                term = self.raw.raft.term,
+                role = ?role,
+                "leader changed"
+            );
             if let Some(o) = &self.opts.observer {
                 o.leader_changed((leader != 0).then_some(leader));
             }
