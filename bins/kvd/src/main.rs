@@ -1,5 +1,10 @@
-//! `kvd`: the FlashKV daemon (SPEC section 3). Parses flags, sets up
-//! logging and signals, and runs `kv_server::run`.
+//! `kvd`: the FlashKV daemon (SPEC section 3). Parses flags (and the
+//! `--config` file, `config_file`), sets up logging (`logging`) and
+//! signals, and runs `kv_server::run`.
+
+mod config_file;
+mod logging;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kv_server::{Config, parse_peers};
 
 /// FlashKV node. Without flags: a single-node cluster, id 1, on
@@ -31,8 +36,8 @@ struct Args {
     advertise: Option<String>,
     /// Initial members of a new cluster, this node included: ID=ADDR,...
     /// (ignored on restart in favour of the persisted membership).
-    #[arg(long)]
-    peers: Option<String>,
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
     /// Join a running cluster: client endpoints of its members, comma
     /// separated. The data directory must be new and the node added with
     /// `kvctl member add` first. Ignored on restart.
@@ -89,12 +94,17 @@ struct Args {
     /// certificates.
     #[arg(long)]
     join_ca_file: Option<PathBuf>,
-    /// Configuration file (not supported yet).
+    /// TOML file of flags: `KEY = VALUE` lines whose keys are the long
+    /// flag names (`data-dir = "/var/lib/kvd"`); flags on the command line
+    /// win over it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: logging::LogFormat,
     /// Take a raft snapshot (and compact the log) after this many applied
     /// entries.
     #[arg(long, hide = true)]
@@ -148,14 +158,11 @@ fn config(args: &Args) -> Result<Config> {
     if args.http_listen.is_some() {
         bail!("--http-listen is not supported yet");
     }
-    if args.config.is_some() {
-        bail!("--config is not supported yet");
-    }
     let mut config = Config::new(args.id, args.listen.clone(), args.data_dir.clone());
     config.peer_listen.clone_from(&args.peer_listen);
     config.advertise.clone_from(&args.advertise);
-    if let Some(peers) = &args.peers {
-        config.peers = parse_peers(peers)?;
+    if !args.peers.is_empty() {
+        config.peers = parse_peers(&args.peers.join(","))?;
     }
     config.join.clone_from(&args.join);
     config.restore.clone_from(&args.restore);
@@ -294,49 +301,44 @@ fn catch_early_signals() {
 
 fn main() -> ExitCode {
     catch_early_signals();
-    let args = match Args::try_parse() {
+    let argv = match config_file::expand(&Args::command(), std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kvd: {}", report::one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let args = match Args::try_parse_from(&argv.args) {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            eprintln!("kvd: {}", line.trim_start_matches("error: "));
+            eprintln!("kvd: {}", argv.explain(&e));
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(args.log_level)
-        .with_target(false)
-        .with_ansi(false)
-        .init();
+    if let Err(e) = argv.ensure_read(args.config.as_deref()) {
+        eprintln!("kvd: {}", report::one_line(&e));
+        return ExitCode::from(2);
+    }
+    logging::init(args.log_level, args.log_format);
+    if let Some(path) = &args.config {
+        tracing::info!(config = %path.display(), "flags read from the config file");
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kvd: {}", one_line(&e));
+            let line = report::one_line(&e);
+            match args.log_format {
+                // Collectors of JSON logs read every line as an object.
+                logging::LogFormat::Json => tracing::error!("kvd: {line}"),
+                logging::LogFormat::Text => eprintln!("kvd: {line}"),
+            }
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping causes whose text the
-/// line already holds.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if out.contains(&s) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&s);
-    }
-    out.replace('\n', " ")
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -365,4 +367,68 @@ fn run(args: &Args) -> Result<()> {
         kv_server::run(config, shutdown).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../kvd.example.toml");
+
+    #[test]
+    fn the_flags_are_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    /// The example file with each commented `# key = value` line turned on
+    /// (the first of each key), so that a renamed flag cannot leave it
+    /// stale.
+    fn example_with_every_key() -> String {
+        let mut seen = std::collections::HashSet::new();
+        EXAMPLE
+            .lines()
+            .filter_map(|l| {
+                let setting = l.strip_prefix("# ").unwrap_or(l);
+                let key = setting.split_once(" = ")?.0;
+                let is_key =
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+                (is_key && seen.insert(key.to_owned())).then(|| setting.to_owned())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn parse_file(text: &str, cli: &[&str]) -> Args {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kvd.toml");
+        std::fs::write(&file, text).expect("write");
+        let mut argv = vec!["kvd".into(), "--config".into(), file.into_os_string()];
+        argv.extend(cli.iter().map(Into::into));
+        let x = config_file::expand(&Args::command(), argv).expect("expand");
+        Args::try_parse_from(&x.args).unwrap_or_else(|e| panic!("{}", x.explain(&e)))
+    }
+
+    #[test]
+    fn the_example_file_runs_the_default_node() {
+        let a = parse_file(EXAMPLE, &[]);
+        assert_eq!((a.id, a.listen.as_str()), (1, "127.0.0.1:7001"));
+        assert_eq!(a.data_dir, PathBuf::from("./kvd-data"));
+        assert_eq!(a.log_format, logging::LogFormat::Text);
+        assert!(a.peers.is_empty() && a.join.is_empty());
+    }
+
+    #[test]
+    fn every_key_of_the_example_file_is_a_flag() {
+        let text = example_with_every_key();
+        assert!(text.lines().count() > 25, "{text}");
+        let a = parse_file(&text, &["--listen", "127.0.0.1:9"]);
+        assert_eq!(a.listen, "127.0.0.1:9");
+        assert_eq!(
+            a.peers.join(","),
+            "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+        );
+        assert_eq!(a.join, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(a.max_bytes_in_flight, Some(67_108_864));
+        assert_eq!(a.http_listen.as_deref(), Some("127.0.0.1:8080"));
+    }
 }

@@ -440,3 +440,58 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+impl Node {
+    /// Starts kvd with `args` alone, without the flags [`Node::start`]
+    /// adds (for settings that come from elsewhere, such as `--config`),
+    /// and waits as `start` does. `self.listen` should be where it serves.
+    pub fn start_with_only<I, S>(&mut self, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let started_before = self.log_text().matches("node started").count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(kvd_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvd");
+        self.child = Some(child);
+        self.wait_started(started_before);
+    }
+}
+
+/// Runs kvd with `args` in `cwd` until it exits; one still running after
+/// 10 s is killed and fails the test.
+pub fn kvd_until_exit<I, S>(args: I, cwd: &std::path::Path) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut child = Command::new(kvd_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kvd kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}

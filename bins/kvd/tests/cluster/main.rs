@@ -11,6 +11,7 @@ mod cas_counter;
 mod client_api;
 mod cluster_id;
 mod common;
+mod config;
 mod connection_abuse;
 mod fail_stop;
 mod failover;
