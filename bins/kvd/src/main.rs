@@ -3,6 +3,7 @@
 //! signals, and runs `kv_server::run`.
 
 mod config_file;
+mod http;
 mod logging;
 mod report;
 
@@ -51,7 +52,8 @@ struct Args {
     /// Data directory.
     #[arg(long, default_value = "./kvd-data")]
     data_dir: PathBuf,
-    /// HTTP/JSON gateway address (not supported yet).
+    /// Serve the HTTP/JSON gateway, /metrics, /livez, /readyz and the
+    /// status page on this address (TLS with --cert-file).
     #[arg(long)]
     http_listen: Option<String>,
     /// Peers prove knowledge of the secret in this file in the handshake
@@ -155,9 +157,6 @@ struct Args {
 }
 
 fn config(args: &Args) -> Result<Config> {
-    if args.http_listen.is_some() {
-        bail!("--http-listen is not supported yet");
-    }
     let mut config = Config::new(args.id, args.listen.clone(), args.data_dir.clone());
     config.peer_listen.clone_from(&args.peer_listen);
     config.advertise.clone_from(&args.advertise);
@@ -242,6 +241,24 @@ fn join_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
             );
         }
         return Ok(None);
+    };
+    let identity = args.cert_file.as_deref().zip(args.key_file.as_deref());
+    Ok(Some(
+        kv_server::ClientTls::from_files(ca, identity).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// TLS for the gateway's client when the client port takes TLS: trusting
+/// `--join-ca-file` (or `--trusted-ca-file`), presenting `--cert-file`.
+fn gateway_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
+    if args.cert_file.is_none() {
+        return Ok(None);
+    }
+    let Some(ca) = args.join_ca_file.as_ref().or(args.trusted_ca_file.as_ref()) else {
+        bail!(
+            "--http-listen with --cert-file needs --join-ca-file (or --trusted-ca-file): the CA \
+             the gateway checks the nodes' certificates with"
+        );
     };
     let identity = args.cert_file.as_deref().zip(args.key_file.as_deref());
     Ok(Some(
@@ -364,8 +381,16 @@ fn run(args: &Args) -> Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
         };
-        kv_server::run(config, shutdown).await?;
-        Ok(())
+        let Some(listen) = &args.http_listen else {
+            kv_server::run(config, shutdown).await?;
+            return Ok(());
+        };
+        let (listener, client_tls) = (http::bind(listen).await?, gateway_tls(args)?);
+        let server = kv_server::Server::start(config.clone()).await?;
+        let gateway = http::start(listener, &config, &server, client_tls)?;
+        let result = server.run(shutdown).await;
+        gateway.stop().await;
+        Ok(result?)
     })
 }
 

@@ -72,7 +72,7 @@ pub use completion::Completion;
 pub use driver::{Handle, Node, PeerProgress, Role, Status};
 pub use error::{BoxError, Error, Result};
 pub use log_store::LogStore;
-pub use observer::Observer;
+pub use observer::{Observer, RaftState};
 pub use options::Options;
 pub use state_machine::{SnapshotJob, StateMachine, Transport};
 

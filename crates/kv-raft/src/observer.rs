@@ -12,8 +12,27 @@ pub trait Observer: Debug + Send + Sync {
         let _ = elapsed;
     }
 
+    /// After each handled `Ready`: the node's term, commit and applied
+    /// indexes, and whether it leads.
+    fn raft_state(&self, state: &RaftState) {
+        let _ = state;
+    }
+
     /// The leader this node knows of changed (`None`: none known).
     fn leader_changed(&self, leader: Option<u64>) {
         let _ = leader;
     }
+}
+
+/// What [`Observer::raft_state`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftState {
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index.
+    pub commit: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// This node leads.
+    pub leader: bool,
 }

@@ -3,12 +3,10 @@
 //!
 //! - Requests are counted and timed as they are answered
 //!   (`flashkv_requests_total{op,result}`, `flashkv_request_duration_seconds{op}`).
-//! - The raft thread reports fsyncs and leader changes through
-//!   [`kv_raft::Observer`].
-//! - Raft gauges (term, role, indexes) and the proposer's queue are sampled
-//!   by [`Metrics::refresh`] (the server calls it twice a second).
-//! - Engine and connection-limit figures are read when the registry is
-//!   gathered, from the counters their crates keep.
+//! - The raft thread reports fsyncs, leader changes and, after each
+//!   `Ready`, its term, role and indexes through [`kv_raft::Observer`].
+//! - Engine, proposer and connection-limit figures are read when the
+//!   registry is gathered, from the counters their crates keep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +50,6 @@ struct Inner {
     applied_index: IntGauge,
     leader_changes: IntCounter,
     log_fsync: Histogram,
-    proposals_pending: IntGauge,
     snapshot_sent_bytes: IntCounter,
     sources: Arc<Sources>,
 }
@@ -68,7 +65,11 @@ impl std::fmt::Debug for Metrics {
 struct Sources {
     store: Mutex<Option<Arc<Store>>>,
     listeners: Mutex<Vec<Arc<kv_net::Counters>>>,
+    pending: Mutex<Option<PendingFn>>,
 }
+
+/// Reads the proposer's count of writes admitted and not yet answered.
+type PendingFn = Box<dyn Fn() -> usize + Send + Sync>;
 
 fn registered<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     // Names are fixed and distinct, so registration cannot clash.
@@ -148,10 +149,6 @@ impl Metrics {
                     "Times the leader this node knows of changed",
                 ),
                 log_fsync,
-                proposals_pending: gauge(
-                    "flashkv_raft_proposals_pending",
-                    "Client writes admitted and not yet answered",
-                ),
                 snapshot_sent_bytes: counter(
                     "flashkv_snapshot_sent_bytes_total",
                     "Bytes of raft snapshots sent to peers",
@@ -195,16 +192,9 @@ impl Metrics {
         self.inner.snapshot_sent_bytes.inc_by(bytes);
     }
 
-    /// Sets the sampled raft gauges.
-    pub fn set_raft(&self, status: &kv_raft::Status, proposals_pending: usize) {
-        let i = &self.inner;
-        i.term.set(gauge_value(status.term));
-        i.is_leader
-            .set(i64::from(status.role == kv_raft::Role::Leader));
-        i.commit_index.set(gauge_value(status.commit));
-        i.applied_index.set(gauge_value(status.applied));
-        i.proposals_pending
-            .set(i64::try_from(proposals_pending).unwrap_or(i64::MAX));
+    /// Where `flashkv_raft_proposals_pending` is read from.
+    pub fn watch_pending(&self, pending: impl Fn() -> usize + Send + Sync + 'static) {
+        *self.inner.sources.pending.lock() = Some(Box::new(pending));
     }
 
     /// The engine whose levels and compactions are reported (replaced when
@@ -240,6 +230,14 @@ impl kv_raft::Observer for RaftObserver {
         self.0.inner.log_fsync.observe(elapsed.as_secs_f64());
     }
 
+    fn raft_state(&self, s: &kv_raft::RaftState) {
+        let i = &self.0.inner;
+        i.term.set(gauge_value(s.term));
+        i.is_leader.set(i64::from(s.leader));
+        i.commit_index.set(gauge_value(s.commit));
+        i.applied_index.set(gauge_value(s.applied));
+    }
+
     fn leader_changed(&self, _leader: Option<u64>) {
         self.0.inner.leader_changes.inc();
     }
@@ -255,6 +253,7 @@ const ENGINE_BYTES: &str = "flashkv_engine_bytes";
 const ENGINE_COMPACTIONS: &str = "flashkv_engine_compactions_total";
 const ENGINE_STALLS: &str = "flashkv_engine_write_stalls_total";
 const NET_LIMITS: &str = "flashkv_net_limit_hits_total";
+const PENDING: &str = "flashkv_raft_proposals_pending";
 
 impl GatherTime {
     fn new(sources: Arc<Sources>) -> GatherTime {
@@ -263,6 +262,7 @@ impl GatherTime {
             fresh_counter(ENGINE_COMPACTIONS).desc(),
             fresh_counter(ENGINE_STALLS).desc(),
             fresh_limits().desc(),
+            fresh_pending().desc(),
         ]
         .into_iter()
         .flatten()
@@ -289,6 +289,10 @@ fn fresh_counter(name: &str) -> IntCounter {
         _ => "Times an engine writer waited for a flush or compaction",
     };
     IntCounter::new(name, help).expect("valid metric")
+}
+
+fn fresh_pending() -> IntGauge {
+    IntGauge::new(PENDING, "Client writes admitted and not yet answered").expect("valid metric")
 }
 
 fn fresh_limits() -> IntCounterVec {
@@ -340,6 +344,11 @@ impl Collector for GatherTime {
             }
         }
         out.extend(limits.collect());
+        let pending = fresh_pending();
+        if let Some(f) = self.sources.pending.lock().as_ref() {
+            pending.set(i64::try_from(f()).unwrap_or(i64::MAX));
+        }
+        out.extend(pending.collect());
         out
     }
 }
@@ -405,7 +414,23 @@ mod tests {
         o.log_synced(Duration::from_micros(120));
         o.leader_changed(Some(2));
         o.leader_changed(None);
+        o.raft_state(&kv_raft::RaftState {
+            term: 4,
+            commit: 9,
+            applied: 8,
+            leader: true,
+        });
+        m.watch_pending(|| 3);
         let text = m.render();
+        for line in [
+            "flashkv_raft_term 4",
+            "flashkv_raft_commit_index 9",
+            "flashkv_raft_applied_index 8",
+            "flashkv_raft_is_leader 1",
+            "flashkv_raft_proposals_pending 3",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
         assert!(text.contains("flashkv_raft_leader_changes_total 2"), "{text}");
         assert!(
             text.contains("flashkv_raft_log_fsync_duration_seconds_count 1"),

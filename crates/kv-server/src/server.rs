@@ -219,6 +219,8 @@ impl Server {
             cluster_id,
             metrics.clone(),
         ));
+        let weak = Arc::downgrade(&service);
+        metrics.watch_pending(move || weak.upgrade().map_or(0, |s| s.writes_pending()));
         match &config.net.server_tls {
             Some(t) => tracing::info!(tls = ?t, "clients are served over TLS"),
             None => tracing::warn!("clients are served in plaintext (no --cert-file)"),
@@ -322,10 +324,6 @@ impl Server {
             Arc::downgrade(&self.service),
             self.config.snapshot_idle_timeout,
         ));
-        let sampler = tokio::spawn(sample_raft(
-            Arc::downgrade(&self.service),
-            self.metrics.clone(),
-        ));
         let promoter = tokio::spawn(crate::membership::promote_caught_up(
             Arc::downgrade(&self.service),
             MEMBERSHIP_CHECK_EVERY,
@@ -362,7 +360,6 @@ impl Server {
         }
         publisher.abort();
         sweeper.abort();
-        sampler.abort();
         promoter.abort();
         drop(self.service);
         let node = node.lock().take();
@@ -420,23 +417,6 @@ async fn raft_stopped(node: &parking_lot::Mutex<Option<Node>>) {
             tracing::error!("the raft thread has stopped; shutting down");
             return;
         }
-    }
-}
-
-/// How often the raft gauges of [`crate::Metrics`] are sampled.
-const SAMPLE_RAFT_EVERY: Duration = Duration::from_millis(500);
-
-/// Keeps the raft gauges of `metrics` current.
-async fn sample_raft(service: std::sync::Weak<KvService>, metrics: crate::Metrics) {
-    loop {
-        let Some(service) = service.upgrade() else {
-            return;
-        };
-        if let Ok(status) = service.handle().status().await {
-            metrics.set_raft(&status, service.writes_pending());
-        }
-        drop(service);
-        tokio::time::sleep(SAMPLE_RAFT_EVERY).await;
     }
 }
 

@@ -389,6 +389,14 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if let Some((leader, role)) = ss {
             self.on_soft_state(leader, role);
         }
+        if let Some(o) = &self.opts.observer {
+            o.raft_state(&crate::RaftState {
+                term: self.raw.raft.term,
+                commit: self.raw.raft.raft_log.committed,
+                applied: self.applied,
+                leader: self.raw.raft.state == StateRole::Leader,
+            });
+        }
         Ok(())
     }
 
