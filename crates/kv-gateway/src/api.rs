@@ -41,7 +41,8 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 }
 
 fn query<T: DeserializeOwned>(q: Option<&str>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(q.unwrap_or("")).map_err(|e| ApiError::invalid(format!("query: {e}")))
+    serde_urlencoded::from_str(q.unwrap_or(""))
+        .map_err(|e| ApiError::invalid(format!("query: {e}")))
 }
 
 fn ok(extra: Value) -> Response {
@@ -197,11 +198,7 @@ struct RangeQuery {
 
 /// `GET /range?start=S&end=E&limit=N[&prefix=P&keys_only=true&reverse=true]`
 /// → `{"ok":true,"pairs":[...],"more":bool}`.
-pub async fn range(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Answer {
+pub async fn range(State(gw): State<Gateway>, headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
     let token = bearer(&headers)?;
     let q: RangeQuery = query(q.as_deref())?;
     let cap = gw.options().max_range;
@@ -278,7 +275,10 @@ pub async fn cas(State(gw): State<Gateway>, headers: HeaderMap, raw: Bytes) -> A
         kv_client::CasOutcome::Failed { current } => {
             let mut m = Map::new();
             m.insert("ok".to_owned(), Value::Bool(false));
-            m.insert("error".to_owned(), Value::String("compare failed".to_owned()));
+            m.insert(
+                "error".to_owned(),
+                Value::String("compare failed".to_owned()),
+            );
             m.insert("definite".to_owned(), Value::Bool(true));
             match current {
                 Some(c) => put_bytes(&mut m, "current", &c),

@@ -50,7 +50,11 @@ pub(crate) async fn not_ready(gw: &Gateway) -> Option<String> {
 pub async fn readyz(State(gw): State<Gateway>) -> Response {
     match not_ready(&gw).await {
         None => (StatusCode::OK, "ok\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -75,12 +79,19 @@ pub async fn raft_status(State(gw): State<Gateway>) -> Result<Response, ApiError
 /// `GET /metrics`: the node's registry in the Prometheus text format.
 pub async fn metrics(State(gw): State<Gateway>) -> Response {
     let Some(registry) = &gw.options().metrics else {
-        return (StatusCode::NOT_FOUND, "this gateway has no metrics registry\n").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "this gateway has no metrics registry\n",
+        )
+            .into_response();
     };
     let families = registry.gather();
     match prometheus::TextEncoder::new().encode_to_string(&families) {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),

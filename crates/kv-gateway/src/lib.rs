@@ -159,11 +159,7 @@ impl Gateway {
 
     /// This node's client address.
     pub(crate) fn local_endpoint(&self) -> &str {
-        self.inner
-            .opts
-            .endpoints
-            .first()
-            .map_or("", String::as_str)
+        self.inner.opts.endpoints.first().map_or("", String::as_str)
     }
 
     pub(crate) fn rates(&self) -> &rates::Rates {

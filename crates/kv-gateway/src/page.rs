@@ -120,11 +120,7 @@ async fn view(gw: &Gateway) -> ClusterView {
         members.push(m);
     }
     members.sort_by_key(|m| m.id);
-    let leader_commit = members
-        .iter()
-        .map(|m| m.commit_index)
-        .max()
-        .unwrap_or(0);
+    let leader_commit = members.iter().map(|m| m.commit_index).max().unwrap_or(0);
     for m in &mut members {
         if m.error.is_none() {
             m.lag = leader_commit.saturating_sub(m.applied_index);

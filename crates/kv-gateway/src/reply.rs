@@ -102,7 +102,11 @@ pub fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
 ///
 /// 400 naming the field when neither or both are given, or the base64 is
 /// malformed.
-pub fn take_bytes(text: Option<String>, b64: Option<String>, name: &str) -> Result<Vec<u8>, ApiError> {
+pub fn take_bytes(
+    text: Option<String>,
+    b64: Option<String>,
+    name: &str,
+) -> Result<Vec<u8>, ApiError> {
     match (text, b64) {
         (Some(t), None) => Ok(t.into_bytes()),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
@@ -147,7 +151,11 @@ mod tests {
             (kv_client::Error::Timeout { definite: true }, false, 503),
         ];
         for (e, token, code) in cases {
-            assert_eq!(ApiError::from_client(&e, token).status().as_u16(), code, "{e:?}");
+            assert_eq!(
+                ApiError::from_client(&e, token).status().as_u16(),
+                code,
+                "{e:?}"
+            );
         }
     }
 
@@ -158,7 +166,10 @@ mod tests {
         put_bytes(&mut m, "key", &[0xff, 0x00]);
         assert_eq!(m["value"], "hello");
         assert_eq!(m["key_base64"], "/wA=");
-        assert_eq!(take_bytes(None, Some("/wA=".into()), "v").unwrap(), vec![0xff, 0]);
+        assert_eq!(
+            take_bytes(None, Some("/wA=".into()), "v").unwrap(),
+            vec![0xff, 0]
+        );
         assert_eq!(take_bytes(Some("a".into()), None, "v").unwrap(), b"a");
         assert_eq!(take_bytes(None, None, "v").unwrap_err().status(), 400);
         assert_eq!(
@@ -167,6 +178,11 @@ mod tests {
                 .status(),
             400
         );
-        assert_eq!(take_bytes(None, Some("!!".into()), "v").unwrap_err().status(), 400);
+        assert_eq!(
+            take_bytes(None, Some("!!".into()), "v")
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 }

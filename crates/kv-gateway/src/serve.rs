@@ -74,9 +74,6 @@ pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: impl Futur
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    let _ = tokio::time::timeout(GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(GRACE, async { while conns.join_next().await.is_some() {} }).await;
     conns.abort_all();
 }

@@ -72,9 +72,9 @@ pub mod store;
 pub mod transport;
 
 pub use config::{Config, parse_peers};
-pub use metrics::Metrics;
 pub use error::{Error, Result};
 pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls};
+pub use metrics::Metrics;
 pub use server::{Server, run};
 pub use service::KvService;
 pub use state_machine::KvStateMachine;

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::store::Store;
@@ -29,8 +29,7 @@ const REQUEST_BUCKETS: &[f64] = &[
 
 /// fsync buckets, in seconds: 50 µs to 2.5 s.
 const FSYNC_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-    2.5,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
 ];
 
 /// The node's metrics. One per node (not process-global), so that several
@@ -95,8 +94,9 @@ impl Metrics {
         let counter = |name: &str, help: &str| {
             registered(&r, IntCounter::new(name, help).expect("valid metric"))
         };
-        let gauge =
-            |name: &str, help: &str| registered(&r, IntGauge::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| {
+            registered(&r, IntGauge::new(name, help).expect("valid metric"))
+        };
         let requests = registered(
             &r,
             IntCounterVec::new(
@@ -177,10 +177,7 @@ impl Metrics {
     /// Counts one answered request of command `op` with `result` (`ok` or
     /// the error code in lower case) that took `elapsed`.
     pub fn request(&self, op: &str, result: &str, elapsed: Duration) {
-        self.inner
-            .requests
-            .with_label_values(&[op, result])
-            .inc();
+        self.inner.requests.with_label_values(&[op, result]).inc();
         self.inner
             .request_duration
             .with_label_values(&[op])
@@ -431,7 +428,10 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line}: {text}");
         }
-        assert!(text.contains("flashkv_raft_leader_changes_total 2"), "{text}");
+        assert!(
+            text.contains("flashkv_raft_leader_changes_total 2"),
+            "{text}"
+        );
         assert!(
             text.contains("flashkv_raft_log_fsync_duration_seconds_count 1"),
             "{text}"

@@ -98,7 +98,8 @@ pub fn http_cluster(n: usize, extra: &[&str]) -> (Cluster, Vec<String>) {
     let mut bases = Vec::new();
     for (node, port) in c.nodes.iter_mut().zip(ports) {
         let addr = format!("127.0.0.1:{port}");
-        node.extra.extend(["--http-listen".to_owned(), addr.clone()]);
+        node.extra
+            .extend(["--http-listen".to_owned(), addr.clone()]);
         bases.push(format!("http://{addr}"));
     }
     c.start_all();
@@ -151,7 +152,10 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
         (200, json!({"ok": true, "found": true, "value": "v3"}))
     );
     let a = get(&format!("{fb}/get?key=nope"));
-    assert_eq!((a.status, a.json()), (404, json!({"ok": true, "found": false})));
+    assert_eq!(
+        (a.status, a.json()),
+        (404, json!({"ok": true, "found": false}))
+    );
     // A serializable read on the follower sees the write once applied there.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -181,20 +185,37 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     let a = get(&format!("{fb}/range?prefix=k&limit=5"));
     let v = a.json();
     assert_eq!(v["pairs"].as_array().map(Vec::len), Some(5));
-    assert_eq!((v["pairs"][0]["key"].clone(), v["more"].clone()), (json!("k00"), json!(true)));
-    let a = get(&format!("{fb}/range?prefix=k&limit=2&reverse=true&keys_only=true"));
+    assert_eq!(
+        (v["pairs"][0]["key"].clone(), v["more"].clone()),
+        (json!("k00"), json!(true))
+    );
+    let a = get(&format!(
+        "{fb}/range?prefix=k&limit=2&reverse=true&keys_only=true"
+    ));
     assert_eq!(
         a.json(),
         json!({"ok": true, "pairs": [{"key": "k19"}, {"key": "k18"}], "more": true})
     );
-    let a = post(&format!("{fb}/cas"), &json!({"key": "b1", "expected": null, "value": "z"}));
+    let a = post(
+        &format!("{fb}/cas"),
+        &json!({"key": "b1", "expected": null, "value": "z"}),
+    );
     assert_eq!(
         (a.status, a.json()),
-        (409, json!({"ok": false, "error": "compare failed", "definite": true, "current": "x"}))
+        (
+            409,
+            json!({"ok": false, "error": "compare failed", "definite": true, "current": "x"})
+        )
     );
-    let a = post(&format!("{fb}/cas"), &json!({"key": "b1", "expected": "x", "value": "z"}));
+    let a = post(
+        &format!("{fb}/cas"),
+        &json!({"key": "b1", "expected": "x", "value": "z"}),
+    );
     assert_eq!((a.status, a.json()), (200, json!({"ok": true})));
-    let a = post(&format!("{fb}/cas"), &json!({"key": "new", "expected": null, "value": "1"}));
+    let a = post(
+        &format!("{fb}/cas"),
+        &json!({"key": "new", "expected": null, "value": "1"}),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     let a = call("DELETE", &format!("{fb}/delete?key=k03"), None, None);
     assert_eq!((a.status, a.json()), (200, json!({"ok": true})));
@@ -203,13 +224,25 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     // Bad input: 400 with a message, nothing applied, the node serves on.
     let bad: &[(&str, &str, Option<&str>)] = &[
         ("POST", "/put", Some("{not json")),
-        ("POST", "/put", Some(r#"{"key":"a","value":"b","colour":1}"#)),
+        (
+            "POST",
+            "/put",
+            Some(r#"{"key":"a","value":"b","colour":1}"#),
+        ),
         ("POST", "/put", Some(r#"{"value":"b"}"#)),
         ("POST", "/put", Some(r#"{"key":"","value":"b"}"#)),
         ("POST", "/put", Some(r#"{"key":"a"}"#)),
-        ("POST", "/put", Some(r#"{"key":"a","value":"b","ttl_ms":5}"#)),
+        (
+            "POST",
+            "/put",
+            Some(r#"{"key":"a","value":"b","ttl_ms":5}"#),
+        ),
         ("POST", "/put", Some(r#"{"key":"a","value_base64":"!!"}"#)),
-        ("POST", "/put", Some(r#"{"key":"a","value":"b","value_base64":"YQ=="}"#)),
+        (
+            "POST",
+            "/put",
+            Some(r#"{"key":"a","value":"b","value_base64":"YQ=="}"#),
+        ),
         ("POST", "/batchput", Some(r#"{"items":[]}"#)),
         ("POST", "/batchput", Some(r#"{"items":[{"key":"a"}]}"#)),
         ("POST", "/cas", Some(r#"{"key":"a"}"#)),
@@ -222,13 +255,23 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
         let a = call(method, &format!("{fb}{path}"), *body, None);
         assert_eq!(a.status, 400, "{method} {path} {body:?}: {}", a.body);
         let v = a.json();
-        assert_eq!((v["ok"].clone(), v["definite"].clone()), (json!(false), json!(true)));
+        assert_eq!(
+            (v["ok"].clone(), v["definite"].clone()),
+            (json!(false), json!(true))
+        );
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
-    assert_eq!(get(&format!("{fb}/get?key=a")).status, 404, "a bad put applied");
+    assert_eq!(
+        get(&format!("{fb}/get?key=a")).status,
+        404,
+        "a bad put applied"
+    );
     assert_eq!(get(&format!("{fb}/no/such/route")).status, 404);
     let huge = format!(r#"{{"key":"h","value":"{}"}}"#, "x".repeat(17 << 20));
-    assert_eq!(call("POST", &format!("{fb}/put"), Some(&huge), None).status, 413);
+    assert_eq!(
+        call("POST", &format!("{fb}/put"), Some(&huge), None).status,
+        413
+    );
     assert_eq!(get(&format!("{fb}/get?key=k04")).status, 200);
 
     // Raft status, health.
@@ -256,7 +299,10 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
         metric(&after, batch_ok) - metric(&before, batch_ok),
         1.0,
         "{:?}",
-        after.iter().filter(|(k, _)| k.contains("requests_total")).collect::<Vec<_>>()
+        after
+            .iter()
+            .filter(|(k, _)| k.contains("requests_total"))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         after["flashkv_raft_is_leader{}"],
@@ -285,7 +331,10 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     let fm = scrape(&fb);
     assert_eq!(fm["flashkv_raft_is_leader{}"], 0.0);
     assert!(
-        metric(&fm, "flashkv_requests_total{op=\"put\",result=\"not_leader\"}") >= 1.0,
+        metric(
+            &fm,
+            "flashkv_requests_total{op=\"put\",result=\"not_leader\"}"
+        ) >= 1.0,
         "the follower sent the gateway's first put to the leader"
     );
 
@@ -335,7 +384,10 @@ async fn tokens_pass_through_the_gateway() {
     assert_eq!(a.status, 200, "{}", a.body);
     let a = call("GET", &format!("{b}/get?key=a"), None, Some("read-tok"));
     assert_eq!(a.json()["value"], "1");
-    assert_eq!(call("GET", &format!("{b}/get?key=a"), None, None).status, 401);
+    assert_eq!(
+        call("GET", &format!("{b}/get?key=a"), None, None).status,
+        401
+    );
     // The operator's routes need no token; the page lists the members with
     // the node's own admin token.
     assert_eq!(get(&format!("{b}/livez")).status, 200);

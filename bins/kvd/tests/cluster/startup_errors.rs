@@ -52,7 +52,10 @@ fn refuses_to_start_with_a_clear_error() {
     one_line_error(&kvd(&["--id", "x"], dir), "--id");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_addr = busy.local_addr().expect("addr").to_string();
-    let o = kvd(&["--http-listen", &busy_addr, "--data-dir", "busy-http"], dir);
+    let o = kvd(
+        &["--http-listen", &busy_addr, "--data-dir", "busy-http"],
+        dir,
+    );
     one_line_error(&o, &format!("cannot listen on --http-listen {busy_addr}"));
     assert!(!dir.join("busy-http").exists(), "data dir touched");
     drop(busy);

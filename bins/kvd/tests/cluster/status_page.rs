@@ -122,14 +122,29 @@ async fn the_status_page_renders_members_and_a_rate_chart_in_a_browser() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let dom = headless(&browser, &dir.path().join("p1"), &format!("{base}/"), &["--dump-dom".into()]);
-    assert!(dom.contains("data-renders"), "the page's script did not run:\n{dom}");
+    let dom = headless(
+        &browser,
+        &dir.path().join("p1"),
+        &format!("{base}/"),
+        &["--dump-dom".into()],
+    );
+    assert!(
+        dom.contains("data-renders"),
+        "the page's script did not run:\n{dom}"
+    );
     for n in &c.nodes {
-        assert!(dom.contains(&n.listen), "member {} missing from the page", n.listen);
+        assert!(
+            dom.contains(&n.listen),
+            "member {} missing from the page",
+            n.listen
+        );
     }
     assert!(dom.contains("(this node)"), "{dom}");
     assert!(dom.contains("class=\"role leader\""), "{dom}");
-    assert!(dom.contains("id=\"rate-line\""), "no chart line was drawn:\n{dom}");
+    assert!(
+        dom.contains("id=\"rate-line\""),
+        "no chart line was drawn:\n{dom}"
+    );
 
     let shot = std::env::var_os("FLASHKV_SCREENSHOT")
         .map_or_else(|| dir.path().join("status.png"), PathBuf::from);
@@ -142,5 +157,9 @@ async fn the_status_page_renders_members_and_a_rate_chart_in_a_browser() {
     );
     let png = std::fs::read(&shot).expect("the browser wrote no screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert!(png.len() > 10_000, "a blank screenshot ({} bytes)", png.len());
+    assert!(
+        png.len() > 10_000,
+        "a blank screenshot ({} bytes)",
+        png.len()
+    );
 }
