@@ -255,7 +255,9 @@ impl ClientTls {
         })
     }
 
-    pub(crate) fn connector(&self) -> &TlsConnector {
+    /// The connector, for other clients of the node's protocols (HTTPS).
+    #[must_use]
+    pub fn connector(&self) -> &TlsConnector {
         &self.connector
     }
 }

@@ -396,3 +396,60 @@ async fn tokens_pass_through_the_gateway() {
     assert_eq!(v["members"].as_array().map(Vec::len), Some(1), "{v}");
     assert!(!c.logs().contains("write-tok"), "a token reached the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_limit_hit_shows_in_metrics() {
+    let _serial = serial();
+    let (c, bases) = http_cluster(
+        1,
+        &["--max-connections", "4", "--handshake-timeout-ms", "300"],
+    );
+    let b = &bases[0];
+    wait_status(b, "/readyz", 200, Duration::from_secs(20));
+    let before = scrape(b);
+    let limit = |m: &HashMap<String, f64>, l: &str| {
+        metric(m, &format!("flashkv_net_limit_hits_total{{limit=\"{l}\"}}"))
+    };
+    // Beyond the cap, a connection's first request is refused.
+    let status = {
+        use protobuf::Message as _;
+        let mut r = kv_net::proto::Request::new();
+        r.id = 1;
+        r.set_status(kv_net::proto::Status::new());
+        let mut f = kv_net::proto::Frame::new();
+        f.set_request(r);
+        let body = f.write_to_bytes().expect("encode");
+        let mut framed = u32::try_from(body.len())
+            .expect("len")
+            .to_be_bytes()
+            .to_vec();
+        framed.extend(body);
+        framed
+    };
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = std::net::TcpStream::connect(&c.nodes[0].listen).expect("connect");
+        std::io::Write::write_all(&mut s, &status).expect("write");
+        held.push(s);
+    }
+    let wait_for = |l: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let hits = limit(&scrape(b), l) - limit(&before, l);
+            if hits >= 1.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {l} hit counted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("connections");
+    drop(held);
+    // A connection that sends nothing is closed after the handshake timeout.
+    let silent = std::net::TcpStream::connect(&c.nodes[0].listen).expect("connect");
+    wait_for("handshake_timeout");
+    drop(silent);
+    // And the node serves on.
+    let a = post(&format!("{b}/put"), &json!({"key": "after", "value": "1"}));
+    assert_eq!(a.status, 200, "{}", a.body);
+}

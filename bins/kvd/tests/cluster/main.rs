@@ -16,6 +16,7 @@ mod connection_abuse;
 mod fail_stop;
 mod failover;
 mod gateway;
+mod gateway_tls;
 mod kvctl_commands;
 mod membership;
 mod overload;
