@@ -63,10 +63,11 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             ),
         }
     }
-    if a.nodes == 0 || (a.secure && a.nodes > 100) {
-        bail!("--nodes must be at least 1 (and at most 100 with --secure)");
+    if a.nodes == 0 || a.nodes > 1000 || (a.secure && a.nodes > 100) {
+        bail!("--nodes must be in 1..=1000 (at most 100 with --secure)");
     }
-    if u32::from(a.base_port) + u32::from(a.nodes) + if a.secure { 100 } else { 0 } > 65536 {
+    // HTTP ports are 1000 above the client ports.
+    if u32::from(a.base_port) + u32::from(a.nodes) + 1000 > 65536 {
         bail!("ports beyond 65535");
     }
     if a.data_dir.is_relative() {
@@ -125,6 +126,11 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     } else {
         addrs.clone()
     };
+    // The HTTP gateway and status page of each node, 1000 above its client
+    // port.
+    let http_addrs: Vec<String> = (0..a.nodes)
+        .map(|i| format!("127.0.0.1:{}", a.base_port + 1000 + i))
+        .collect();
     let peers = peer_addrs
         .iter()
         .enumerate()
@@ -137,6 +143,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         let dir = a.data_dir.join(format!("node{id}"));
         let spawned = Command::new(&kvd)
             .args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers])
+            .args(["--http-listen", &http_addrs[i]])
             .arg("--data-dir")
             .arg(&dir)
             .args(&node_args)
@@ -186,6 +193,12 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         a.data_dir.display()
     );
     println!("endpoints: {endpoints}");
+    let scheme = if a.secure { "https" } else { "http" };
+    println!(
+        "HTTP:     {}  (status page: {scheme}://{}/)",
+        http_addrs.join(","),
+        http_addrs[0]
+    );
     println!(
         "try:      {} --endpoints {endpoints} {}status",
         bin.join("kvctl").display(),

@@ -16,6 +16,7 @@
 //! - [`page`]: `GET /` and `/api/cluster`, the status page and its data.
 //! - [`rates`]: request rates and latency percentiles over the last minute,
 //!   sampled from the metrics registry.
+//! - [`traffic`]: the gateway's own request metrics.
 //! - [`serve`]: the accept loop (plain or TLS, HTTP/1.1) and shutdown.
 //!
 //! # Limits
@@ -34,6 +35,7 @@ pub mod page;
 pub mod rates;
 pub mod reply;
 mod serve;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,6 +113,7 @@ struct Inner {
     /// (token, serializable) → client.
     clients: Mutex<HashMap<(Option<String>, bool), kv_client::Client>>,
     rates: rates::Rates,
+    http: traffic::HttpMetrics,
 }
 
 impl Gateway {
@@ -119,11 +122,13 @@ impl Gateway {
     #[must_use]
     pub fn new(opts: Options) -> Gateway {
         let rates = rates::Rates::start(opts.metrics.clone(), Duration::from_secs(1));
+        let http = traffic::HttpMetrics::new(opts.metrics.as_ref());
         Gateway {
             inner: Arc::new(Inner {
                 opts,
                 clients: Mutex::new(HashMap::new()),
                 rates,
+                http,
             }),
         }
     }
@@ -166,6 +171,10 @@ impl Gateway {
         &self.inner.rates
     }
 
+    pub(crate) fn http_metrics(&self) -> &traffic::HttpMetrics {
+        &self.inner.http
+    }
+
     /// The routes of SPEC section 9.
     pub fn router(&self) -> Router {
         Router::new()
@@ -181,6 +190,10 @@ impl Gateway {
             .route("/readyz", get(health::readyz))
             .route("/api/cluster", get(page::cluster))
             .route("/", get(page::index))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                traffic::track,
+            ))
             .fallback(reply::not_found)
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.inner.opts.max_body_bytes,

@@ -204,10 +204,14 @@ pub fn render(v: &ClusterView) -> String {
         .replace("{{term}}", &v.term.to_string())
         .replace("{{rows}}", &rows)
         .replace("{{warning}}", &warning)
-        .replace("{{ops}}", &format!("{:.1}", r.ops_per_s))
-        .replace("{{p50}}", &fmt_ms(r.p50_ms))
-        .replace("{{p90}}", &fmt_ms(r.p90_ms))
-        .replace("{{p99}}", &fmt_ms(r.p99_ms))
+        .replace("{{b_ops}}", &format!("{:.1}", r.binary.ops_per_s))
+        .replace("{{b_p50}}", &fmt_ms(r.binary.p50_ms))
+        .replace("{{b_p90}}", &fmt_ms(r.binary.p90_ms))
+        .replace("{{b_p99}}", &fmt_ms(r.binary.p99_ms))
+        .replace("{{h_ops}}", &format!("{:.1}", r.http.ops_per_s))
+        .replace("{{h_p50}}", &fmt_ms(r.http.p50_ms))
+        .replace("{{h_p90}}", &fmt_ms(r.http.p90_ms))
+        .replace("{{h_p99}}", &fmt_ms(r.http.p99_ms))
         // `</` cannot end the script element early.
         .replace("{{data}}", &data.replace("</", "<\\/"))
 }

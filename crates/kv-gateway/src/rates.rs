@@ -1,8 +1,10 @@
 //! Request rates and latency percentiles over the last minute, for the
-//! status page: the registry's `flashkv_requests_total` and
-//! `flashkv_request_duration_seconds` are sampled every second, and the
-//! figures are the differences between samples (percentiles interpolated
-//! within histogram buckets, as Prometheus' `histogram_quantile` does).
+//! status page: the registry's request counters and latency histograms of
+//! the binary protocol (`flashkv_requests_total`,
+//! `flashkv_request_duration_seconds`) and of the gateway's data routes
+//! (`flashkv_http_*`) are sampled every second, and the figures are the
+//! differences between samples (percentiles interpolated within histogram
+//! buckets, as Prometheus' `histogram_quantile` does).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -18,11 +20,48 @@ const KEEP: usize = 61;
 struct Sample {
     at: Instant,
     unix_ms: u64,
-    /// Requests answered so far, by op.
+    binary: Counts,
+    http: Counts,
+}
+
+/// One protocol's counters at one instant.
+#[derive(Debug, Clone, Default)]
+struct Counts {
+    /// Requests answered so far, by op (route).
     per_op: BTreeMap<String, u64>,
     /// Cumulative counts by upper bound, all ops together.
     buckets: Vec<(f64, u64)>,
 }
+
+/// The families of one protocol, and its label of the op.
+struct Families {
+    counter: &'static str,
+    histogram: &'static str,
+    label: &'static str,
+}
+
+const BINARY: Families = Families {
+    counter: "flashkv_requests_total",
+    histogram: "flashkv_request_duration_seconds",
+    label: "op",
+};
+
+const HTTP: Families = Families {
+    counter: "flashkv_http_requests_total",
+    histogram: "flashkv_http_request_duration_seconds",
+    label: "route",
+};
+
+/// Gateway routes that are not data requests (the page's own polling,
+/// health checks, scrapes).
+const NOT_DATA: &[&str] = &[
+    "/",
+    "/api/cluster",
+    "/metrics",
+    "/livez",
+    "/readyz",
+    "/raft/status",
+];
 
 /// The sampler and its last minute of samples. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +74,15 @@ pub struct Rates {
 pub struct Summary {
     /// Seconds the figures cover (less than 60 just after start).
     pub window_s: f64,
+    /// Requests on the binary protocol (kvctl, kv-client, peers' clients).
+    pub binary: Traffic,
+    /// Data requests on the HTTP gateway.
+    pub http: Traffic,
+}
+
+/// One protocol's requests over the window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Traffic {
     /// Requests answered per second, all ops.
     pub ops_per_s: f64,
     /// Requests answered per second, by op.
@@ -86,50 +134,59 @@ impl Rates {
     }
 }
 
-fn sample(registry: &prometheus::Registry) -> Sample {
+fn counts(families: &[prometheus::proto::MetricFamily], f: &Families) -> Counts {
     let mut per_op = BTreeMap::new();
     let mut buckets: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
-    for family in registry.gather() {
-        match family.name() {
-            "flashkv_requests_total" => {
-                for m in family.get_metric() {
-                    let op = m
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == "op")
-                        .map_or("", |l| l.value());
-                    // Counter values are whole numbers below 2^53.
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    let n = m.get_counter().get_value() as u64;
-                    *per_op.entry(op.to_owned()).or_insert(0) += n;
+    let op_of = |m: &prometheus::proto::Metric| {
+        m.get_label()
+            .iter()
+            .find(|l| l.name() == f.label)
+            .map_or(String::new(), |l| l.value().to_owned())
+    };
+    for family in families {
+        if family.name() == f.counter {
+            for m in family.get_metric() {
+                let op = op_of(m);
+                if f.label == HTTP.label && NOT_DATA.contains(&op.as_str()) {
+                    continue;
+                }
+                // Counter values are whole numbers below 2^53.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let n = m.get_counter().get_value() as u64;
+                *per_op.entry(op).or_insert(0) += n;
+            }
+        } else if family.name() == f.histogram {
+            for m in family.get_metric() {
+                if f.label == HTTP.label && NOT_DATA.contains(&op_of(m).as_str()) {
+                    continue;
+                }
+                for b in m.get_histogram().get_bucket() {
+                    let bound = b.upper_bound();
+                    let e = buckets.entry(bound.to_bits()).or_insert((bound, 0));
+                    e.1 += b.cumulative_count();
                 }
             }
-            "flashkv_request_duration_seconds" => {
-                for m in family.get_metric() {
-                    for b in m.get_histogram().get_bucket() {
-                        let bound = b.upper_bound();
-                        let e = buckets.entry(bound.to_bits()).or_insert((bound, 0));
-                        e.1 += b.cumulative_count();
-                    }
-                }
-            }
-            _ => {}
         }
     }
     let mut buckets: Vec<(f64, u64)> = buckets.into_values().collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Counts { per_op, buckets }
+}
+
+fn sample(registry: &prometheus::Registry) -> Sample {
+    let families = registry.gather();
     Sample {
         at: Instant::now(),
         unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        per_op,
-        buckets,
+        binary: counts(&families, &BINARY),
+        http: counts(&families, &HTTP),
     }
 }
 
-fn total(s: &Sample) -> u64 {
-    s.per_op.values().sum()
+fn total(c: &Counts) -> u64 {
+    c.per_op.values().sum()
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -137,6 +194,21 @@ fn summarize(samples: Vec<Sample>) -> Summary {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return Summary {
             window_s: 0.0,
+            binary: traffic(&[], |s| &s.binary),
+            http: traffic(&[], |s| &s.http),
+        };
+    };
+    Summary {
+        window_s: last.at.duration_since(first.at).as_secs_f64(),
+        binary: traffic(&samples, |s| &s.binary),
+        http: traffic(&samples, |s| &s.http),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn traffic(samples: &[Sample], of: fn(&Sample) -> &Counts) -> Traffic {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return Traffic {
             ops_per_s: 0.0,
             by_op: BTreeMap::new(),
             p50_ms: None,
@@ -147,11 +219,12 @@ fn summarize(samples: Vec<Sample>) -> Summary {
     };
     let window = last.at.duration_since(first.at).as_secs_f64();
     let per_s = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let by_op = last
+    let (c0, c1) = (of(first), of(last));
+    let by_op = c1
         .per_op
         .iter()
         .map(|(op, n)| {
-            let before = first.per_op.get(op).copied().unwrap_or(0);
+            let before = c0.per_op.get(op).copied().unwrap_or(0);
             (op.clone(), per_s(n.saturating_sub(before), window))
         })
         .collect();
@@ -161,15 +234,15 @@ fn summarize(samples: Vec<Sample>) -> Summary {
             let secs = w[1].at.duration_since(w[0].at).as_secs_f64();
             (
                 w[1].unix_ms,
-                per_s(total(&w[1]).saturating_sub(total(&w[0])), secs),
+                per_s(total(of(&w[1])).saturating_sub(total(of(&w[0]))), secs),
             )
         })
         .collect();
-    let deltas: Vec<(f64, u64)> = last
+    let deltas: Vec<(f64, u64)> = c1
         .buckets
         .iter()
         .map(|&(bound, n)| {
-            let before = first
+            let before = c0
                 .buckets
                 .iter()
                 .find(|(b, _)| *b == bound)
@@ -178,9 +251,8 @@ fn summarize(samples: Vec<Sample>) -> Summary {
         })
         .collect();
     let ms = |q: f64| quantile(&deltas, q).map(|s| s * 1000.0);
-    Summary {
-        window_s: window,
-        ops_per_s: per_s(total(last).saturating_sub(total(first)), window),
+    Traffic {
+        ops_per_s: per_s(total(c1).saturating_sub(total(c0)), window),
         by_op,
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
@@ -225,8 +297,11 @@ mod tests {
         Sample {
             at: base + Duration::from_secs(secs),
             unix_ms: secs * 1000,
-            per_op: [("put".to_owned(), puts)].into_iter().collect(),
-            buckets,
+            binary: Counts {
+                per_op: [("put".to_owned(), puts)].into_iter().collect(),
+                buckets,
+            },
+            http: Counts::default(),
         }
     }
 
@@ -241,8 +316,10 @@ mod tests {
             // 100 more: 50 under 1 ms, 50 in (1 ms, 10 ms].
             at(base, 2, 200, vec![(0.001, 150), (0.01, 200), (inf, 200)]),
         ];
-        let s = summarize(samples);
-        assert!((s.window_s - 2.0).abs() < 1e-9);
+        let all = summarize(samples);
+        assert!((all.window_s - 2.0).abs() < 1e-9);
+        assert_eq!(all.http.ops_per_s, 0.0);
+        let s = all.binary;
         assert!((s.ops_per_s - 50.0).abs() < 1e-9, "{s:?}");
         assert!((s.by_op["put"] - 50.0).abs() < 1e-9);
         assert_eq!(s.series, vec![(1000, 50.0), (2000, 50.0)]);
@@ -256,7 +333,7 @@ mod tests {
     fn no_requests_no_percentiles() {
         let base = Instant::now();
         let b = vec![(0.001, 5), (f64::INFINITY, 5)];
-        let s = summarize(vec![at(base, 0, 5, b.clone()), at(base, 1, 5, b)]);
+        let s = summarize(vec![at(base, 0, 5, b.clone()), at(base, 1, 5, b)]).binary;
         assert_eq!(s.ops_per_s, 0.0);
         assert_eq!(s.p50_ms, None);
         assert_eq!(summarize(Vec::new()).window_s, 0.0);
@@ -266,5 +343,25 @@ mod tests {
     fn a_quantile_in_the_overflow_bucket_is_the_last_bound() {
         let b = vec![(0.5, 1), (f64::INFINITY, 10)];
         assert_eq!(quantile(&b, 0.99), Some(0.5));
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+
+    #[test]
+    fn http_data_routes_are_counted_and_the_page_s_own_polling_is_not() {
+        let r = prometheus::Registry::new();
+        let m = crate::traffic::HttpMetrics::new(Some(&r));
+        let before = sample(&r);
+        m.record("/put", "200", Duration::from_millis(1));
+        m.record("/get", "404", Duration::from_millis(1));
+        m.record("/api/cluster", "200", Duration::from_millis(1));
+        m.record("/metrics", "200", Duration::from_millis(1));
+        let after = sample(&r);
+        assert_eq!(total(&after.http) - total(&before.http), 2);
+        assert_eq!(after.http.buckets.last().map(|b| b.1), Some(2));
+        assert_eq!(total(&after.binary), 0);
     }
 }

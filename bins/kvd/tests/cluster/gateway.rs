@@ -330,6 +330,18 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     }
     let fm = scrape(&fb);
     assert_eq!(fm["flashkv_raft_is_leader{}"], 0.0);
+    // The follower's gateway counted its HTTP answers by route and code.
+    let http = |route: &str, code: u16| {
+        metric(
+            &fm,
+            &format!("flashkv_http_requests_total{{code=\"{code}\",route=\"{route}\"}}"),
+        )
+    };
+    assert_eq!(http("/put", 200), PUTS as f64);
+    assert_eq!(http("/put", 400), 8.0);
+    assert_eq!(http("/put", 413), 1.0);
+    assert_eq!(http("/batchput", 200), 1.0);
+    assert_eq!(http("/cas", 409), 1.0);
     assert!(
         metric(
             &fm,

@@ -141,10 +141,12 @@ async fn the_status_page_renders_members_and_a_rate_chart_in_a_browser() {
     }
     assert!(dom.contains("(this node)"), "{dom}");
     assert!(dom.contains("class=\"role leader\""), "{dom}");
-    assert!(
-        dom.contains("id=\"rate-line\""),
-        "no chart line was drawn:\n{dom}"
-    );
+    for line in ["rate-line", "http-rate-line"] {
+        assert!(
+            dom.contains(&format!("id=\"{line}\"")),
+            "no {line} was drawn:\n{dom}"
+        );
+    }
 
     let shot = std::env::var_os("FLASHKV_SCREENSHOT")
         .map_or_else(|| dir.path().join("status.png"), PathBuf::from);
