@@ -75,6 +75,8 @@ pub struct LogStore {
     active: File,
     active_len: u64,
     buf: Vec<u8>,
+    /// Records were written to the active segment without an fsync.
+    unsynced: bool,
     poisoned: bool,
     hard_state: HardState,
     /// Conf states with the index from which each is in force, ascending.
@@ -345,6 +347,7 @@ impl LogStore {
             active,
             active_len,
             buf: Vec::new(),
+            unsynced: false,
             poisoned: false,
             hard_state,
             conf_states,
@@ -563,7 +566,7 @@ impl LogStore {
     /// I/O errors; after one the store is poisoned.
     pub fn sync(&mut self) -> Result<()> {
         self.check()?;
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && !self.unsynced {
             return Ok(());
         }
         let r = self.write_buf();
@@ -578,6 +581,34 @@ impl LogStore {
             }
             r?;
         }
+        Ok(())
+    }
+
+    /// Writes everything buffered without making it durable: for records
+    /// whose loss a crash may cost, such as a hard state that only moved
+    /// `commit` (raft-rs' `must_sync` is false for it; the commit index is
+    /// learned again from the leader, and recovery raises it to the applied
+    /// index). The next [`LogStore::sync`] makes them durable with the rest;
+    /// a segment is only rotated by `sync`, after its fsync, so no segment
+    /// but the last can end in an unsynced record.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; after one the store is poisoned.
+    pub fn write_unsynced(&mut self) -> Result<()> {
+        self.check()?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.active_path();
+        let r = self.active.write_all(&self.buf);
+        if let Err(e) = r {
+            self.poisoned = true;
+            return Err(Error::io(&path, e));
+        }
+        self.active_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.unsynced = true;
         Ok(())
     }
 
@@ -600,6 +631,7 @@ impl LogStore {
                 o.log_synced(started.elapsed());
             }
         }
+        self.unsynced = false;
         self.active_len += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -1075,6 +1107,55 @@ mod tests {
         assert_eq!(s.term(6).unwrap(), 2);
         assert_eq!(s.term(5).unwrap(), 1);
         assert_eq!(s.hard_state().commit, 5);
+    }
+
+    #[test]
+    fn a_commit_written_unsynced_is_kept_or_lost_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg;
+        let synced_len;
+        {
+            let mut s = LogStore::open(dir.path(), &opts()).unwrap();
+            s.append(&(1..=5).map(|i| ent(i, 1)).collect::<Vec<_>>())
+                .unwrap();
+            let mut hs = HardState {
+                term: 1,
+                commit: 2,
+                ..Default::default()
+            };
+            s.set_hard_state(&hs).unwrap();
+            s.sync().unwrap();
+            seg = s.segments.last().unwrap().path.clone();
+            synced_len = std::fs::metadata(&seg).unwrap().len();
+            hs.commit = 5;
+            s.set_hard_state(&hs).unwrap();
+            s.write_unsynced().unwrap();
+            // Dropped without a sync: a process crash after the write.
+        }
+        {
+            let s = LogStore::open(dir.path(), &opts()).unwrap();
+            assert_eq!(s.hard_state().commit, 5, "the written record is read back");
+        }
+        // Power lost before the record reached the disk: the file ends where
+        // it was synced, and the store opens with the older commit.
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(synced_len).unwrap();
+        drop(f);
+        let mut s = LogStore::open(dir.path(), &opts()).unwrap();
+        assert_eq!(s.hard_state().commit, 2);
+        assert_eq!(s.last_index().unwrap(), 5);
+        // And a sync after unsynced writes makes them durable even when
+        // nothing is buffered any more.
+        let hs = HardState {
+            term: 1,
+            commit: 4,
+            ..Default::default()
+        };
+        s.set_hard_state(&hs).unwrap();
+        s.write_unsynced().unwrap();
+        assert!(s.unsynced);
+        s.sync().unwrap();
+        assert!(!s.unsynced);
     }
 
     #[test]

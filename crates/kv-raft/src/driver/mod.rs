@@ -132,6 +132,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 break Err(e);
             }
         };
+        // What was written without an fsync (commit-only hard states) is
+        // made durable on a clean stop.
+        let result = result.and_then(|()| self.raw.mut_store().sync());
         self.fail_all();
         // A snapshot thread must not outlive the node: a new node on the
         // same directory would write the same file. What it finished is
@@ -346,7 +349,12 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         if let Some(hs) = rd.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
         }
-        self.raw.mut_store().sync()?;
+        if rd.must_sync() || snapshot.is_some() {
+            self.raw.mut_store().sync()?;
+        } else {
+            // Only `commit` moved: no fsync (raft-rs' `must_sync`).
+            self.raw.mut_store().write_unsynced()?;
+        }
         let persisted = started.elapsed();
         if let Some(snap) = snapshot {
             self.restore(&snap)?;
@@ -363,10 +371,13 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
 
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
+            // A leader's commit index moved: persisted, not fsynced (a
+            // crash may cost it; it is learned again, and recovery raises
+            // it to the applied index).
             let mut hs = self.raw.store().hard_state().clone();
             hs.commit = commit;
             self.raw.mut_store().set_hard_state(&hs)?;
-            self.raw.mut_store().sync()?;
+            self.raw.mut_store().write_unsynced()?;
         }
         if !light.messages().is_empty() {
             self.transport.send(light.take_messages());
