@@ -43,8 +43,10 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot listen on --http-listen {listen}"))
 }
 
-/// Serves the gateway for `server` on `listener`. `client_tls` is how the
-/// gateway's client reaches nodes whose client port takes TLS.
+/// Serves the gateway for `server` on `listener` until `signal` turns true
+/// (the node's stop signal: the gateway stops accepting while the node
+/// winds down) or [`Http::stop`]. `client_tls` is how the gateway's client
+/// reaches nodes whose client port takes TLS.
 ///
 /// # Errors
 ///
@@ -54,6 +56,7 @@ pub fn start(
     config: &Config,
     server: &Server,
     client_tls: Option<kv_server::ClientTls>,
+    mut signal: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Http> {
     let bound = listener.local_addr().context("--http-listen address")?;
     let mut opts = kv_gateway::Options::new(own_endpoint(config, server.local_addr()));
@@ -61,7 +64,7 @@ pub fn start(
     opts.own_token = config
         .tokens
         .as_ref()
-        .and_then(|t| t.own_admin_token())
+        .and_then(|t| t.own_read_token())
         .map(str::to_owned);
     opts.metrics = Some(server.metrics().registry().clone());
     opts.tls = config.net.server_tls.as_ref().map(|t| t.acceptor().clone());
@@ -69,7 +72,10 @@ pub fn start(
     let gateway = kv_gateway::Gateway::new(opts);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(kv_gateway::serve(listener, gateway, async move {
-        let _ = stopped.await;
+        tokio::select! {
+            _ = stopped => {}
+            _ = signal.wait_for(|s| *s) => {}
+        }
     }));
     tracing::info!(http_listen = %bound, tls, "HTTP gateway started");
     Ok(Http { stop, task })

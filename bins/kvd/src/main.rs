@@ -233,10 +233,18 @@ fn join_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
     if args.join.is_empty() {
         return Ok(None);
     }
+    node_client_tls(args, "--join")
+}
+
+/// A client's TLS towards nodes of this cluster, for `what` (`--join`,
+/// `--http-listen`): trusting `--join-ca-file` (or `--trusted-ca-file`),
+/// presenting this node's `--cert-file` where there is one; none when
+/// neither CA is given and the node has no certificate.
+fn node_client_tls(args: &Args, what: &str) -> Result<Option<kv_server::ClientTls>> {
     let Some(ca) = args.join_ca_file.as_ref().or(args.trusted_ca_file.as_ref()) else {
         if args.cert_file.is_some() {
             bail!(
-                "--join with --cert-file needs --join-ca-file (or --trusted-ca-file): the CA \
+                "{what} with --cert-file needs --join-ca-file (or --trusted-ca-file): the CA \
                  of the cluster's certificates"
             );
         }
@@ -248,22 +256,13 @@ fn join_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
     ))
 }
 
-/// TLS for the gateway's client when the client port takes TLS: trusting
-/// `--join-ca-file` (or `--trusted-ca-file`), presenting `--cert-file`.
+/// TLS for the gateway's client when the client port takes TLS: as for
+/// `--join` (the gateway dials its own node).
 fn gateway_tls(args: &Args) -> Result<Option<kv_server::ClientTls>> {
     if args.cert_file.is_none() {
         return Ok(None);
     }
-    let Some(ca) = args.join_ca_file.as_ref().or(args.trusted_ca_file.as_ref()) else {
-        bail!(
-            "--http-listen with --cert-file needs --join-ca-file (or --trusted-ca-file): the CA \
-             the gateway checks the nodes' certificates with"
-        );
-    };
-    let identity = args.cert_file.as_deref().zip(args.key_file.as_deref());
-    Ok(Some(
-        kv_server::ClientTls::from_files(ca, identity).map_err(anyhow::Error::msg)?,
-    ))
+    node_client_tls(args, "--http-listen")
 }
 
 /// File descriptors kept for everything but client connections: the
@@ -387,7 +386,13 @@ fn run(args: &Args) -> Result<()> {
         };
         let (listener, client_tls) = (http::bind(listen).await?, gateway_tls(args)?);
         let server = kv_server::Server::start(config.clone()).await?;
-        let gateway = http::start(listener, &config, &server, client_tls)?;
+        // The stop signal reaches the gateway and the node together.
+        let (signalled, signal) = tokio::sync::watch::channel(false);
+        let gateway = http::start(listener, &config, &server, client_tls, signal)?;
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+        };
         let result = server.run(shutdown).await;
         gateway.stop().await;
         Ok(result?)

@@ -36,8 +36,13 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
+/// A request body as the handlers take it: its rejections (too large,
+/// not readable in time) become answers in the gateway's JSON shape.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body<T: DeserializeOwned>(raw: Body) -> Result<T, ApiError> {
+    let bytes = raw.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("request body: {e}")))
 }
 
 fn query<T: DeserializeOwned>(q: Option<&str>) -> Result<T, ApiError> {
@@ -73,9 +78,9 @@ struct PutBody {
 }
 
 /// `POST /put {"key":"k","value":"v"}` → `{"ok":true}`.
-pub async fn put(State(gw): State<Gateway>, headers: HeaderMap, raw: Bytes) -> Answer {
+pub async fn put(State(gw): State<Gateway>, headers: HeaderMap, raw: Body) -> Answer {
     let token = bearer(&headers)?;
-    let b: PutBody = body(&raw)?;
+    let b: PutBody = body(raw)?;
     if b.ttl_ms.is_some() {
         return Err(ApiError::invalid(
             "ttl_ms is not supported yet: keys do not expire (no leases)",
@@ -97,9 +102,9 @@ struct BatchBody {
 }
 
 /// `POST /batchput {"items":[...]}` → `{"ok":true,"count":N}`, atomic.
-pub async fn batch_put(State(gw): State<Gateway>, headers: HeaderMap, raw: Bytes) -> Answer {
+pub async fn batch_put(State(gw): State<Gateway>, headers: HeaderMap, raw: Body) -> Answer {
     let token = bearer(&headers)?;
-    let b: BatchBody = body(&raw)?;
+    let b: BatchBody = body(raw)?;
     if b.items.is_empty() {
         return Err(ApiError::invalid("items must not be empty"));
     }
@@ -201,32 +206,54 @@ struct RangeQuery {
 pub async fn range(State(gw): State<Gateway>, headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
     let token = bearer(&headers)?;
     let q: RangeQuery = query(q.as_deref())?;
-    let cap = gw.options().max_range;
+    let (cap, budget) = (gw.options().max_range, gw.options().max_range_bytes);
     let want = if q.limit == 0 { cap } else { q.limit.min(cap) };
-    // One more than wanted tells whether more follow. A reverse range is
-    // read whole (up to the cap) and turned around here.
+    // Pages of at most PAGE pairs until `want` (one more tells whether
+    // more follow) or the byte budget is reached. A reverse range is read
+    // whole (up to the caps) and turned around here.
+    const PAGE: usize = 1000;
     let fetch = if q.reverse { cap + 1 } else { want + 1 };
-    let query = kv_client::RangeQuery {
-        start: Bytes::from(q.start),
-        end: Bytes::from(q.end),
-        prefix: Bytes::from(q.prefix),
-        limit: fetch,
-        keys_only: q.keys_only,
-    };
-    let mut pairs = gw
-        .client(token.as_deref(), q.serializable)
-        .range(&query)
-        .await
-        .map_err(|e| ApiError::from_client(&e, token.is_some()))?;
+    let client = gw.client(token.as_deref(), q.serializable);
+    let mut pairs: Vec<(Bytes, Bytes)> = Vec::new();
+    let (mut start, mut bytes, mut over_budget) = (Bytes::from(q.start), 0usize, false);
+    loop {
+        let page = kv_client::RangeQuery {
+            start: start.clone(),
+            end: Bytes::from(q.end.clone()),
+            prefix: Bytes::from(q.prefix.clone()),
+            limit: (fetch - pairs.len()).min(PAGE),
+            keys_only: q.keys_only,
+        };
+        let got = client
+            .range(&page)
+            .await
+            .map_err(|e| ApiError::from_client(&e, token.is_some()))?;
+        let full = got.len() == page.limit;
+        for (k, v) in got {
+            bytes += k.len() + v.len();
+            pairs.push((k, v));
+        }
+        if bytes > budget {
+            over_budget = true;
+            break;
+        }
+        let Some((last, _)) = pairs.last().filter(|_| full && pairs.len() < fetch) else {
+            break;
+        };
+        let mut next = last.to_vec();
+        next.push(0);
+        start = next.into();
+    }
     if q.reverse {
-        if pairs.len() > cap {
+        if pairs.len() > cap || over_budget {
             return Err(ApiError::invalid(format!(
-                "a reverse range over more than {cap} keys is not supported; narrow it"
+                "a reverse range over more than {cap} keys or {budget} bytes is not supported; \
+                 narrow it"
             )));
         }
         pairs.reverse();
     }
-    let more = pairs.len() > want;
+    let more = pairs.len() > want || over_budget;
     pairs.truncate(want);
     let list: Vec<Value> = pairs
         .iter()
@@ -256,9 +283,9 @@ struct CasBody {
 
 /// `POST /cas {"key":..,"expected":..|null,"value":..}` → `{"ok":true}`,
 /// or 409 with the current value.
-pub async fn cas(State(gw): State<Gateway>, headers: HeaderMap, raw: Bytes) -> Answer {
+pub async fn cas(State(gw): State<Gateway>, headers: HeaderMap, raw: Body) -> Answer {
     let token = bearer(&headers)?;
-    let b: CasBody = body(&raw)?;
+    let b: CasBody = body(raw)?;
     let key = key_of(b.key, b.key_base64)?;
     let expected = match (b.expected, b.expected_base64) {
         (None, None) => None,

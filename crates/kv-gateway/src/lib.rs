@@ -22,7 +22,12 @@
 //! # Limits
 //!
 //! - Request bodies are capped at [`Options::max_body_bytes`]; a range
-//!   answer at [`Options::max_range`] pairs (`"more":true` beyond).
+//!   answer at [`Options::max_range`] pairs and about
+//!   [`Options::max_range_bytes`] (`"more":true` beyond); a request,
+//!   its body read included, at [`Options::request_timeout`]; headers must
+//!   arrive within 10 s; 1,024 connections at once.
+//! - A client that does not read its answer holds its connection (and
+//!   the answer's memory) until it closes it: hyper has no write timeout.
 //! - `reverse` ranges are read whole and reversed here: ranges of more
 //!   than [`Options::max_range`] keys are refused with 400.
 //! - `ttl_ms` is refused with 400 until leases exist (SPEC section 8).
@@ -65,6 +70,11 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Most pairs in one `/range` answer.
     pub max_range: usize,
+    /// About the most bytes of keys and values in one `/range` answer
+    /// (`"more":true` beyond).
+    pub max_range_bytes: usize,
+    /// Bound on a request, its body read included (504 beyond).
+    pub request_timeout: Duration,
     /// `/readyz` fails while the node lags its leader by more entries.
     pub ready_lag: u64,
     /// TLS for the gateway's own port (`kvd --cert-file`).
@@ -93,6 +103,8 @@ impl Options {
             metrics: None,
             max_body_bytes: 16 << 20,
             max_range: 10_000,
+            max_range_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(30),
             ready_lag: 1000,
             tls: None,
         }

@@ -126,9 +126,11 @@ async fn view(gw: &Gateway) -> ClusterView {
             m.lag = leader_commit.saturating_sub(m.applied_index);
         }
     }
+    // A deposed leader may still say so in an older term.
     let leader_id = members
         .iter()
-        .find(|m| m.role == "leader")
+        .filter(|m| m.role == "leader")
+        .max_by_key(|m| m.term)
         .map_or_else(|| own.as_ref().map_or(0, |s| s.leader_id), |m| m.id);
     ClusterView {
         node_id: own.as_ref().map_or(0, |s| s.id),
@@ -198,22 +200,60 @@ pub fn render(v: &ClusterView) -> String {
         .as_ref()
         .map(|e| format!("<p class=\"warn\">member list unavailable: {}</p>", esc(e)))
         .unwrap_or_default();
-    let data = serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned());
-    PAGE.replace("{{node_id}}", &v.node_id.to_string())
-        .replace("{{leader_id}}", &v.leader_id.to_string())
-        .replace("{{term}}", &v.term.to_string())
-        .replace("{{rows}}", &rows)
-        .replace("{{warning}}", &warning)
-        .replace("{{b_ops}}", &format!("{:.1}", r.binary.ops_per_s))
-        .replace("{{b_p50}}", &fmt_ms(r.binary.p50_ms))
-        .replace("{{b_p90}}", &fmt_ms(r.binary.p90_ms))
-        .replace("{{b_p99}}", &fmt_ms(r.binary.p99_ms))
-        .replace("{{h_ops}}", &format!("{:.1}", r.http.ops_per_s))
-        .replace("{{h_p50}}", &fmt_ms(r.http.p50_ms))
-        .replace("{{h_p90}}", &fmt_ms(r.http.p90_ms))
-        .replace("{{h_p99}}", &fmt_ms(r.http.p99_ms))
-        // `</` cannot end the script element early.
-        .replace("{{data}}", &data.replace("</", "<\\/"))
+    // In a script element: `<` never appears raw, so no `</script>`.
+    let data = serde_json::to_string(v)
+        .unwrap_or_else(|_| "null".to_owned())
+        .replace('<', "\\u003c");
+    let b = &r.binary;
+    let h = &r.http;
+    fill(
+        PAGE,
+        &[
+            ("node_id", v.node_id.to_string()),
+            ("leader_id", v.leader_id.to_string()),
+            ("term", v.term.to_string()),
+            ("rows", rows),
+            ("warning", warning),
+            ("b_ops", format!("{:.1}", b.ops_per_s)),
+            ("b_p50", fmt_ms(b.p50_ms)),
+            ("b_p90", fmt_ms(b.p90_ms)),
+            ("b_p99", fmt_ms(b.p99_ms)),
+            ("h_ops", format!("{:.1}", h.ops_per_s)),
+            ("h_p50", fmt_ms(h.p50_ms)),
+            ("h_p90", fmt_ms(h.p90_ms)),
+            ("h_p99", fmt_ms(h.p99_ms)),
+            ("data", data),
+        ],
+    )
+}
+
+/// `template` with each `{{name}}` replaced by its value, in one pass (a
+/// value is never scanned for placeholders).
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find("}}").and_then(|end| {
+            let name = &after[..end];
+            values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (v, end))
+        }) {
+            Some((v, end)) => {
+                out.push_str(v);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -263,5 +303,14 @@ mod tests {
         assert!(!html.contains("<td><script>"));
         assert!(html.contains("class=\"role leader\""));
         assert!(!html.contains("{{"), "a placeholder is left");
+        // A value holding a placeholder or a closing tag is shown as text.
+        let mut w = v.clone();
+        w.members[1].address = "{{data}}</script><b>".into();
+        let html = render(&w);
+        assert!(
+            html.contains("{{data}}</td>") || html.contains("{{data}}&lt;"),
+            "{html}"
+        );
+        assert!(!html.contains("</script><b>"), "{html}");
     }
 }

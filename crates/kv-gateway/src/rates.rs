@@ -38,30 +38,31 @@ struct Families {
     counter: &'static str,
     histogram: &'static str,
     label: &'static str,
+    /// Ops left out: not data requests (the page's own polling, health
+    /// checks, scrapes, and the gateway's status calls behind them).
+    skip: &'static [&'static str],
 }
 
 const BINARY: Families = Families {
     counter: "flashkv_requests_total",
     histogram: "flashkv_request_duration_seconds",
     label: "op",
+    skip: &["status", "member_list"],
 };
 
 const HTTP: Families = Families {
     counter: "flashkv_http_requests_total",
     histogram: "flashkv_http_request_duration_seconds",
     label: "route",
+    skip: &[
+        "/",
+        "/api/cluster",
+        "/metrics",
+        "/livez",
+        "/readyz",
+        "/raft/status",
+    ],
 };
-
-/// Gateway routes that are not data requests (the page's own polling,
-/// health checks, scrapes).
-const NOT_DATA: &[&str] = &[
-    "/",
-    "/api/cluster",
-    "/metrics",
-    "/livez",
-    "/readyz",
-    "/raft/status",
-];
 
 /// The sampler and its last minute of samples. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -147,7 +148,7 @@ fn counts(families: &[prometheus::proto::MetricFamily], f: &Families) -> Counts 
         if family.name() == f.counter {
             for m in family.get_metric() {
                 let op = op_of(m);
-                if f.label == HTTP.label && NOT_DATA.contains(&op.as_str()) {
+                if f.skip.contains(&op.as_str()) {
                     continue;
                 }
                 // Counter values are whole numbers below 2^53.
@@ -157,7 +158,7 @@ fn counts(families: &[prometheus::proto::MetricFamily], f: &Families) -> Counts 
             }
         } else if family.name() == f.histogram {
             for m in family.get_metric() {
-                if f.label == HTTP.label && NOT_DATA.contains(&op_of(m).as_str()) {
+                if f.skip.contains(&op_of(m).as_str()) {
                     continue;
                 }
                 for b in m.get_histogram().get_bucket() {

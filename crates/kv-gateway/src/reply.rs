@@ -18,6 +18,26 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A definite failure with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            definite: true,
+        }
+    }
+
+    /// 504: the request did not finish within `limit`; its outcome is
+    /// unknown.
+    #[must_use]
+    pub fn timed_out(limit: std::time::Duration) -> ApiError {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!("the request did not finish within {limit:?}"),
+            definite: false,
+        }
+    }
+
     /// 400: the request is malformed; nothing was applied.
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::Gateway;
@@ -50,7 +50,8 @@ impl HttpMetrics {
         )
         .expect("valid metric");
         if let Some(r) = registry {
-            // A second gateway on the same registry shares the first's.
+            // Registered once per registry: a second gateway on the same
+            // registry keeps counters of its own that are not exported.
             let _ = r.register(Box::new(requests.clone()));
             let _ = r.register(Box::new(duration.clone()));
         }
@@ -73,7 +74,13 @@ pub(crate) async fn track(State(gw): State<Gateway>, req: Request, next: Next) -
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    let response = next.run(req).await;
+    let limit = gw.options().request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        // The handler is dropped with its client call: a write may or may
+        // not have been applied.
+        Err(_) => crate::reply::ApiError::timed_out(limit).into_response(),
+    };
     gw.http_metrics()
         .record(&route, response.status().as_str(), started.elapsed());
     response

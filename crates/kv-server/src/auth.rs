@@ -61,6 +61,9 @@ pub struct Tokens {
     /// The first admin token, for this node's own requests to the cluster
     /// (`kvd --join`).
     own: Option<String>,
+    /// The first token of the file (every role may read), for this node's
+    /// own status requests when the file has no admin token.
+    reader: Option<String>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -83,6 +86,7 @@ impl Tokens {
     pub fn parse(text: &str) -> Result<Tokens, String> {
         let mut entries: Vec<([u8; 32], Role)> = Vec::new();
         let mut own = None;
+        let mut reader = None;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -105,12 +109,19 @@ impl Tokens {
             if role == Role::Admin && own.is_none() {
                 own = Some(token.to_owned());
             }
+            if reader.is_none() {
+                reader = Some(token.to_owned());
+            }
             entries.push((d, role));
         }
         if entries.is_empty() {
             return Err("no token in the file".into());
         }
-        Ok(Tokens { entries, own })
+        Ok(Tokens {
+            entries,
+            own,
+            reader,
+        })
     }
 
     /// Reads an auth file.
@@ -173,6 +184,13 @@ impl Tokens {
     #[must_use]
     pub fn own_admin_token(&self) -> Option<&str> {
         self.own.as_deref()
+    }
+
+    /// A token that may at least read (the admin one when there is one),
+    /// for this node's own status requests.
+    #[must_use]
+    pub fn own_read_token(&self) -> Option<&str> {
+        self.own.as_deref().or(self.reader.as_deref())
     }
 }
 

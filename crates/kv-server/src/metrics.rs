@@ -62,7 +62,9 @@ impl std::fmt::Debug for Metrics {
 /// What the gather-time collector reads.
 #[derive(Default)]
 struct Sources {
-    store: Mutex<Option<Arc<Store>>>,
+    /// Weak: the registry may outlive the node (an exporter holds it), and
+    /// must not keep its engine open.
+    store: Mutex<Option<std::sync::Weak<Store>>>,
     listeners: Mutex<Vec<Arc<kv_net::Counters>>>,
     pending: Mutex<Option<PendingFn>>,
 }
@@ -198,7 +200,7 @@ impl Metrics {
     /// a snapshot install swaps the store's engine: the store is read anew
     /// at every gather).
     pub fn watch_store(&self, store: Arc<Store>) {
-        *self.inner.sources.store.lock() = Some(store);
+        *self.inner.sources.store.lock() = Some(Arc::downgrade(&store));
     }
 
     /// A listener whose limit counters are reported as
@@ -235,8 +237,11 @@ impl kv_raft::Observer for RaftObserver {
         i.applied_index.set(gauge_value(s.applied));
     }
 
-    fn leader_changed(&self, _leader: Option<u64>) {
-        self.0.inner.leader_changes.inc();
+    fn leader_changed(&self, leader: Option<u64>) {
+        // A new leader, not the gap before one is known.
+        if leader.is_some() {
+            self.0.inner.leader_changes.inc();
+        }
     }
 }
 
@@ -310,7 +315,12 @@ impl Collector for GatherTime {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut out = Vec::new();
-        let store = self.sources.store.lock().clone();
+        let store = self
+            .sources
+            .store
+            .lock()
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
         if let Some(store) = store {
             let stats = store.current().db().stats();
             let bytes = fresh_engine_bytes();
@@ -411,6 +421,7 @@ mod tests {
         o.log_synced(Duration::from_micros(120));
         o.leader_changed(Some(2));
         o.leader_changed(None);
+        o.leader_changed(Some(3));
         o.raft_state(&kv_raft::RaftState {
             term: 4,
             commit: 9,

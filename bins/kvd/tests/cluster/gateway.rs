@@ -93,10 +93,21 @@ fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
 
 /// A cluster whose nodes also serve HTTP; returns it and each node's base URL.
 pub fn http_cluster(n: usize, extra: &[&str]) -> (Cluster, Vec<String>) {
-    let mut c = Cluster::new(n, extra);
-    let ports = free_ports(n);
+    // Client and HTTP ports from one call, so that they cannot collide.
+    let ports = free_ports(2 * n);
+    let listens: Vec<String> = ports[..n]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let peers = listens
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut c = Cluster::with_peers(listens, vec![peers; n], extra);
     let mut bases = Vec::new();
-    for (node, port) in c.nodes.iter_mut().zip(ports) {
+    for (node, port) in c.nodes.iter_mut().zip(&ports[n..]) {
         let addr = format!("127.0.0.1:{port}");
         node.extra
             .extend(["--http-listen".to_owned(), addr.clone()]);

@@ -79,9 +79,14 @@ async fn the_gateway_serves_https_to_clients_with_a_certificate_only() {
         write(dir.path(), "client.pem", &client.cert),
         write(dir.path(), "client.key", &client.key),
     );
-    let http = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let mut c = Cluster::new(
-        1,
+    let ports = free_ports(2);
+    let (listen, http) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    let mut c = Cluster::with_peers(
+        vec![listen.clone()],
+        vec![format!("1={listen}")],
         &[
             "--cert-file",
             &cert,

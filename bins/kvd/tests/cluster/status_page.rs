@@ -118,6 +118,13 @@ async fn the_status_page_renders_members_and_a_rate_chart_in_a_browser() {
     while started.elapsed() < Duration::from_secs(4) {
         let _ = client.status(&ep).await;
         client.put(format!("k{i}"), "v").await.expect("put");
+        // And through the follower's gateway, for the HTTP figures.
+        let url = format!("{base}/get?key=k{i}");
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url).call().expect("GET through the gateway");
+        })
+        .await
+        .expect("join");
         i += 1;
     }
 
@@ -141,6 +148,16 @@ async fn the_status_page_renders_members_and_a_rate_chart_in_a_browser() {
     }
     assert!(dom.contains("(this node)"), "{dom}");
     assert!(dom.contains("class=\"role leader\""), "{dom}");
+    // The HTTP gets above show as a rate (the page's own polling does not).
+    let h_ops = dom
+        .split("id=\"h_ops\">")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or("");
+    assert!(
+        h_ops.parse::<f64>().is_ok_and(|r| r > 0.0),
+        "HTTP rate {h_ops:?}"
+    );
     for line in ["rate-line", "http-rate-line"] {
         assert!(
             dom.contains(&format!("id=\"{line}\"")),

@@ -141,7 +141,7 @@ class Transport:
             conn.forget(rid)
             raise Timeout(f"{endpoint} did not answer within the timeout") from None
         except ConnectionLost as e:
-            self._forget_conn(endpoint)
+            self._forget_conn(endpoint, conn)
             raise Unavailable(str(e)) from None
 
     def stamped(self, req: Any) -> Any:
@@ -190,9 +190,15 @@ class Transport:
         with self._lock:
             self.leader = addr
 
-    def _forget_conn(self, addr: str) -> None:
+    def _forget_conn(self, addr: str, failed: "Connection | None" = None) -> None:
+        """Drops the connection to ``addr``: ``failed`` only, if given (another
+        thread may have replaced it with a healthy one already)."""
         with self._lock:
-            conn = self.conns.pop(addr, None)
+            conn = self.conns.get(addr)
+            if conn is None or (failed is not None and conn is not failed):
+                conn = None
+            else:
+                del self.conns[addr]
         if conn is not None:
             conn.close(timeout=0)
 
@@ -280,7 +286,7 @@ class Transport:
                     # Nothing was sent, and no retry can fix it.
                     raise failed(InvalidArgument, str(e)) from None
                 except NotSent as e:
-                    self._forget_conn(target)
+                    self._forget_conn(target, conn)
                     self._set_leader(None)
                     last = str(e)
                     pause = True
@@ -295,7 +301,7 @@ class Transport:
                             raise UnknownOutcome(msg, timed_out=True) from None
                         raise Timeout(msg) from None
                     except ConnectionLost as e:
-                        self._forget_conn(target)
+                        self._forget_conn(target, conn)
                         self._set_leader(None)
                         last = str(e)
                         if write:
