@@ -207,6 +207,7 @@ impl Gateway {
                 traffic::track,
             ))
             .fallback(reply::not_found)
+            .method_not_allowed_fallback(reply::method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.inner.opts.max_body_bytes,
             ))

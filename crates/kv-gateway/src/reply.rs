@@ -99,6 +99,15 @@ pub async fn not_found() -> ApiError {
     }
 }
 
+/// The answer to a route called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "this route does not take that method (see SPEC section 9)".to_owned(),
+        definite: true,
+    }
+}
+
 /// Puts `bytes` into `obj` as `"<name>"` when it is UTF-8, else as
 /// `"<name>_base64"`.
 pub fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {

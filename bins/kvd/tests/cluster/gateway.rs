@@ -278,11 +278,16 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
         "a bad put applied"
     );
     assert_eq!(get(&format!("{fb}/no/such/route")).status, 404);
-    let huge = format!(r#"{{"key":"h","value":"{}"}}"#, "x".repeat(17 << 20));
+    let a = call("PUT", &format!("{fb}/put"), Some("{}"), None);
     assert_eq!(
-        call("POST", &format!("{fb}/put"), Some(&huge), None).status,
-        413
+        (a.status, a.json()["ok"].clone()),
+        (405, json!(false)),
+        "{}",
+        a.body
     );
+    let huge = format!(r#"{{"key":"h","value":"{}"}}"#, "x".repeat(17 << 20));
+    let a = call("POST", &format!("{fb}/put"), Some(&huge), None);
+    assert_eq!((a.status, a.json()["definite"].clone()), (413, json!(true)));
     assert_eq!(get(&format!("{fb}/get?key=k04")).status, 200);
 
     // Raft status, health.
