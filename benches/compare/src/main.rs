@@ -164,11 +164,12 @@ fn header(
     let cmd: Vec<String> = std::env::args().collect();
     format!(
         "## compare{}: {num} keys × (16 B key + 100 B value), {reads} reads, {seeks} seeks, fillsync {sync_num} keys\n\n\
-         Machine: {cpu}, {cores} cores, Linux {}; databases under {}.\n\
+         Machine: {cpu}, {cores} cores, Linux {}; databases under {}; RocksDB {} (system library).\n\
          Command: `{}`\n",
         if args.quick { " --quick" } else { "" },
         kernel.trim(),
         root.display(),
+        engines::rocksdb::version(),
         cmd.join(" "),
     )
 }

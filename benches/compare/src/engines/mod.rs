@@ -15,8 +15,7 @@ mod btree;
 mod fjall;
 mod kv;
 mod redb;
-#[cfg(feature = "rocksdb")]
-mod rocksdb;
+pub mod rocksdb;
 mod sled;
 mod sqlite;
 
@@ -63,12 +62,15 @@ pub trait Engine: Send + Sync {
 
 /// The engines this binary can run, in table order.
 pub fn all() -> Vec<&'static str> {
-    let mut v = vec!["kv-engine", "fjall", "redb", "sled", "sqlite"];
-    if cfg!(feature = "rocksdb") {
-        v.push("rocksdb");
-    }
-    v.push("btreemap");
-    v
+    vec![
+        "kv-engine",
+        "fjall",
+        "redb",
+        "sled",
+        "sqlite",
+        "rocksdb",
+        "btreemap",
+    ]
 }
 
 /// Whether `name` is a real peer (the in-memory map is only a reference).
@@ -88,7 +90,6 @@ pub fn open(name: &str, dir: &Path, durability: Durability) -> Result<Box<dyn En
         "redb" => Box::new(redb::Redb::open(dir, durability)?),
         "sled" => Box::new(sled::Sled::open(dir, durability)?),
         "sqlite" => Box::new(sqlite::Sqlite::open(dir, durability)?),
-        #[cfg(feature = "rocksdb")]
         "rocksdb" => Box::new(rocksdb::Rocks::open(dir, durability)?),
         "btreemap" => Box::new(btree::BTree::default()),
         other => anyhow::bail!("unknown engine {other:?} (known: {})", all().join(",")),
