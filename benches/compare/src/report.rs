@@ -29,6 +29,7 @@ fn label(w: &str, threads: usize) -> String {
         "fillsync1" => "fillsync (1 thread)".into(),
         "fdatasync" => "raw disk: write 116 B + fdatasync".into(),
         "seekrandom" => "seekrandom (+100 next)".into(),
+        "fullscan" => "fullscan (all keys in order, compacted; keys/s)".into(),
         "readwhilewriting" => "readwhilewriting (reader)".into(),
         "space" => "space: dir / live data (lower is better)".into(),
         w => w.into(),
