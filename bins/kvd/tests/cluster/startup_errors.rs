@@ -5,27 +5,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Cluster, free_ports, kvctl, kvd_bin, serial, signal};
+use crate::common::{Cluster, free_ports, kvctl, kvd_bin, kvd_until_exit, serial, signal};
 
 fn kvd(args: &[&str], cwd: &std::path::Path) -> Output {
-    let mut child = Command::new(kvd_bin())
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kvd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("kvd {args:?} kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
+    kvd_until_exit(args, cwd)
 }
 
 fn one_line_error(o: &Output, needle: &str) {
