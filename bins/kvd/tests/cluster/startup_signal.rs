@@ -11,11 +11,12 @@ use crate::common::{free_ports, kvd_bin, serial, signal};
 fn sigterm_during_start_up_exits_zero() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    // From while the node parses its flags and opens its data directory to
-    // after it serves. (In the first milliseconds the process may still be
-    // being loaded, before any code of its own runs; no program can guard
-    // that window.)
-    let plan = [5_000u64, 10_000, 20_000, 50_000, 100_000, 200_000];
+    // Delays counted from the moment the node's first handler is in place
+    // (before it, the process is still being loaded and no code of its own
+    // runs, a window no program can guard; on a busy machine it lasts well
+    // over 5 ms): from while the node parses its flags and opens its data
+    // directory to after it serves.
+    let plan = [0u64, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000];
     let mut failures = Vec::new();
     for (run, when) in plan.iter().enumerate() {
         let port = free_ports(1)[0];
@@ -29,6 +30,7 @@ fn sigterm_during_start_up_exits_zero() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kvd");
+        wait_for_sigterm_handler(&child);
         std::thread::sleep(Duration::from_micros(*when));
         signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -57,4 +59,31 @@ fn sigterm_during_start_up_exits_zero() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Waits (at most 10 s) until the process catches SIGTERM, as the `SigCgt`
+/// mask of /proc/PID/status shows.
+fn wait_for_sigterm_handler(child: &std::process::Child) {
+    let path = format!("/proc/{}/status", child.id());
+    let bit = 1u64 << (libc::SIGTERM - 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let caught = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            })
+            .is_some_and(|mask| mask & bit != 0);
+        if caught {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kvd did not install its SIGTERM handler within 10 s"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
