@@ -1,0 +1,769 @@
+//! [`SearchIndex`]: the persistent full-text and similarity indexes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kv_engine::{Db, WriteBatch};
+use parking_lot::{Mutex, RwLock};
+
+use crate::codec::{self, DocRecord};
+use crate::embed::{normalize, quantize};
+use crate::error::{Error, Result};
+use crate::options::SearchOptions;
+use crate::text;
+use crate::vectors::VectorSet;
+
+/// BM25 term-frequency saturation.
+pub const BM25_K1: f64 = 1.2;
+/// BM25 length normalisation.
+pub const BM25_B: f64 = 0.75;
+
+const CURRENT: &str = "CURRENT";
+/// Source entries per engine batch in a rebuild.
+const REBUILD_CHUNK: usize = 4096;
+
+/// One change to the store, as a state machine applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// `key` now holds `value` (new, or overwriting).
+    Put {
+        /// The store key.
+        key: &'a [u8],
+        /// Its new value.
+        value: &'a [u8],
+    },
+    /// `key` no longer exists (it may never have).
+    Delete {
+        /// The store key.
+        key: &'a [u8],
+    },
+}
+
+impl<'a> Change<'a> {
+    fn key(&self) -> &'a [u8] {
+        match *self {
+            Change::Put { key, .. } | Change::Delete { key } => key,
+        }
+    }
+}
+
+/// How [`SearchIndex::open_or_rebuild`] got its index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The stored index was sound and was opened.
+    Existing,
+    /// It was missing or unusable and was rebuilt from the store.
+    Rebuilt {
+        /// Why the stored index could not be used.
+        reason: String,
+    },
+}
+
+/// Sizes of an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Values with at least one word.
+    pub documents: u64,
+    /// Words in all of them.
+    pub total_words: u64,
+    /// Stored vectors.
+    pub vectors: usize,
+    /// Whether similarity search uses the HNSW graph.
+    pub approximate: bool,
+    /// Bytes of the vectors, key map and graph in memory (estimate).
+    pub memory_bytes: usize,
+}
+
+/// What the writer knows besides the engine: the counters it keeps.
+#[derive(Debug, Default)]
+struct Counters {
+    docs: u64,
+    total: u64,
+}
+
+/// A value turned into index content.
+struct Analyzed {
+    doc: DocRecord,
+    vector: Option<Vec<i8>>,
+}
+
+/// The full-text and similarity indexes of one store, kept in a kv-engine
+/// database of their own as derived state. `Send + Sync`: searches run
+/// concurrently with each other and with `apply`; `apply` calls are
+/// serialized.
+pub struct SearchIndex {
+    root: PathBuf,
+    generation: u64,
+    db: Db,
+    opts: SearchOptions,
+    writer: Mutex<Counters>,
+    applied: AtomicU64,
+    vectors: RwLock<VectorSet>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field("root", &self.root)
+            .field("generation", &self.generation)
+            .field("applied", &self.applied_index())
+            .finish_non_exhaustive()
+    }
+}
+
+fn gen_dir(root: &Path, generation: u64) -> PathBuf {
+    root.join(format!("gen-{generation:06}"))
+}
+
+fn parse_gen(name: &str) -> Option<u64> {
+    let n = name.strip_prefix("gen-")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Generations present under `root`.
+fn list_gens(root: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(root, e))?;
+        if let Some(g) = entry.file_name().to_str().and_then(parse_gen) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+fn remove_gens_except(root: &Path, keep: &[u64]) -> Result<()> {
+    for g in list_gens(root)? {
+        if !keep.contains(&g) {
+            let d = gen_dir(root, g);
+            std::fs::remove_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Points `CURRENT` at `generation`: temp file, fsync, rename, fsync dir.
+fn write_current(root: &Path, generation: u64) -> Result<()> {
+    let tmp = root.join("CURRENT.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(format!("gen-{generation:06}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    let cur = root.join(CURRENT);
+    std::fs::rename(&tmp, &cur).map_err(|e| Error::io(&cur, e))?;
+    std::fs::File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(root, e))
+}
+
+fn read_current(root: &Path) -> Result<Option<u64>> {
+    let cur = root.join(CURRENT);
+    match std::fs::read(&cur) {
+        Ok(b) => Ok(std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.strip_suffix('\n'))
+            .and_then(parse_gen)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&cur, e)),
+    }
+}
+
+fn format_record(opts: &SearchOptions) -> Vec<u8> {
+    format!("{} {}", codec::FORMAT_VERSION, opts.embedder.id()).into_bytes()
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`.
+    ///
+    /// The directory holds `CURRENT`, naming the live generation, and that
+    /// generation's kv-engine database `gen-NNNNNN/`; other generations
+    /// (left by an interrupted rebuild) are removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NeedsRebuild`] when there is no complete index, or it is
+    /// damaged (the engine reports corruption, a record does not decode), or
+    /// it was built with another format or embedder: see
+    /// [`Error::needs_rebuild`] and [`SearchIndex::open_or_rebuild`].
+    /// [`Error::InvalidArgument`] for bad options; the engine's
+    /// `Locked` and I/O errors as [`Error::Engine`] or [`Error::Io`].
+    pub fn open(dir: impl AsRef<Path>, opts: SearchOptions) -> Result<SearchIndex> {
+        opts.validate()?;
+        let root = dir.as_ref().to_path_buf();
+        let needs = |reason: String| Error::NeedsRebuild {
+            dir: root.clone(),
+            reason,
+        };
+        let generation = read_current(&root)?.ok_or_else(|| {
+            needs(if root.join(CURRENT).exists() {
+                "CURRENT is damaged".into()
+            } else {
+                "no index".into()
+            })
+        })?;
+        let engine = kv_engine::Options {
+            create_if_missing: false,
+            ..opts.engine.clone()
+        };
+        let db = match Db::open_with(gen_dir(&root, generation), engine) {
+            Ok(db) => db,
+            Err(e @ kv_engine::Error::Corruption { .. })
+            | Err(e @ kv_engine::Error::InvalidArgument(_)) => return Err(needs(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let index = Self::load(root.clone(), generation, db, opts).map_err(|e| {
+            if e.needs_rebuild() {
+                needs(e.to_string())
+            } else {
+                e
+            }
+        })?;
+        remove_gens_except(&root, &[generation])?;
+        Ok(index)
+    }
+
+    /// Reads the counters and vectors of an opened database.
+    fn load(root: PathBuf, generation: u64, db: Db, opts: SearchOptions) -> Result<SearchIndex> {
+        let format = db.get(codec::FORMAT)?;
+        let want = format_record(&opts);
+        if format.as_deref() != Some(want.as_slice()) {
+            return Err(Error::corrupt(
+                codec::FORMAT,
+                format!(
+                    "index format is {:?}, this build wants {:?}",
+                    format.map(|f| String::from_utf8_lossy(&f).into_owned()),
+                    String::from_utf8_lossy(&want)
+                ),
+            ));
+        }
+        let applied = match db.get(codec::APPLIED)? {
+            Some(b) => u64::from_le_bytes(
+                b.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::corrupt(codec::APPLIED, "not 8 bytes"))?,
+            ),
+            None => return Err(Error::corrupt(codec::APPLIED, "missing")),
+        };
+        let [docs, total] = match db.get(codec::STATS)? {
+            Some(b) => codec::decode_u64s::<2>(codec::STATS, &b)?,
+            None => return Err(Error::corrupt(codec::STATS, "missing")),
+        };
+        let dim = opts.embedder.dim();
+        let mut vectors = VectorSet::new(dim, opts.hnsw, opts.ann_threshold);
+        for item in db.prefix(b"v/")? {
+            let (k, v) = item?;
+            if v.len() != dim {
+                return Err(Error::corrupt(
+                    &k,
+                    format!("vector of {} bytes, want {dim}", v.len()),
+                ));
+            }
+            let q: Vec<i8> = v.iter().map(|&b| b as i8).collect();
+            vectors.set(k.get(2..).unwrap_or(&[]), Some(&q), true);
+        }
+        vectors.maintain(false);
+        Ok(SearchIndex {
+            root,
+            generation,
+            db,
+            opts,
+            writer: Mutex::new(Counters { docs, total }),
+            applied: AtomicU64::new(applied),
+            vectors: RwLock::new(vectors),
+        })
+    }
+
+    /// Opens the index in `dir`, or rebuilds it from the store when it is
+    /// missing or unusable ([`Error::needs_rebuild`]). `source` is called
+    /// only for a rebuild and returns the store's applied index and every
+    /// `(key, value)` of the store at that index.
+    ///
+    /// # Errors
+    ///
+    /// As [`SearchIndex::open`] for errors that a rebuild cannot cure (a
+    /// locked directory, I/O errors); as [`SearchIndex::rebuild`].
+    pub fn open_or_rebuild<F, I, K, V, E>(
+        dir: impl AsRef<Path>,
+        opts: SearchOptions,
+        source: F,
+    ) -> Result<(SearchIndex, Opened)>
+    where
+        F: FnOnce() -> (u64, I),
+        I: IntoIterator<Item = std::result::Result<(K, V), E>>,
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Self::open(dir.as_ref(), opts.clone()) {
+            Ok(index) => Ok((index, Opened::Existing)),
+            Err(e) if e.needs_rebuild() => {
+                let (applied, items) = source();
+                let index = Self::rebuild(dir, opts, items, applied)?;
+                Ok((
+                    index,
+                    Opened::Rebuilt {
+                        reason: e.to_string(),
+                    },
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Builds a new index in `dir` from `items` (every `(key, value)` of the
+    /// store as of `applied_index`) and opens it, replacing whatever was
+    /// there: a damaged index, an old one, none. Use it after a snapshot
+    /// install too.
+    ///
+    /// The new generation becomes current only once it is complete and
+    /// durable; a crash midway leaves the previous one current (the partial
+    /// one is removed at the next open).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Source`] when `items` yields an error, engine and I/O errors.
+    pub fn rebuild<I, K, V, E>(
+        dir: impl AsRef<Path>,
+        opts: SearchOptions,
+        items: I,
+        applied_index: u64,
+    ) -> Result<SearchIndex>
+    where
+        I: IntoIterator<Item = std::result::Result<(K, V), E>>,
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let root = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let current = read_current(&root)?;
+        remove_gens_except(&root, &current.into_iter().collect::<Vec<_>>())?;
+        let index = Self::build(root.clone(), opts, items, applied_index, current)?;
+        remove_gens_except(&root, &[index.generation])?;
+        Ok(index)
+    }
+
+    /// Replaces this index's content with `items` as of `applied_index`
+    /// (see [`SearchIndex::rebuild`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`SearchIndex::rebuild`]; on error `self` is unchanged.
+    pub fn rebuild_from<I, K, V, E>(&mut self, items: I, applied_index: u64) -> Result<()>
+    where
+        I: IntoIterator<Item = std::result::Result<(K, V), E>>,
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let fresh = Self::build(
+            self.root.clone(),
+            self.opts.clone(),
+            items,
+            applied_index,
+            Some(self.generation),
+        )?;
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+        remove_gens_except(&self.root, &[self.generation])
+    }
+
+    fn build<I, K, V, E>(
+        root: PathBuf,
+        opts: SearchOptions,
+        items: I,
+        applied_index: u64,
+        current: Option<u64>,
+    ) -> Result<SearchIndex>
+    where
+        I: IntoIterator<Item = std::result::Result<(K, V), E>>,
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        opts.validate()?;
+        let existing = list_gens(&root)?;
+        let generation = existing
+            .iter()
+            .copied()
+            .chain(current)
+            .max()
+            .map_or(1, |g| g + 1);
+        let dir = gen_dir(&root, generation);
+        let engine = kv_engine::Options {
+            create_if_missing: true,
+            ..opts.engine.clone()
+        };
+        let db = Db::open_with(&dir, engine)?;
+        let mut b = WriteBatch::new();
+        b.put(codec::FORMAT, format_record(&opts));
+        b.put(codec::APPLIED, 0u64.to_le_bytes());
+        b.put(codec::STATS, codec::encode_u64s(&[0, 0]));
+        db.write(b)?;
+        let dim = opts.embedder.dim();
+        let index = SearchIndex {
+            root: root.clone(),
+            generation,
+            db,
+            vectors: RwLock::new(VectorSet::new(dim, opts.hnsw, opts.ann_threshold)),
+            opts,
+            writer: Mutex::new(Counters::default()),
+            applied: AtomicU64::new(0),
+        };
+        let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(REBUILD_CHUNK);
+        let flush = |chunk: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
+            let changes: Vec<Change<'_>> = chunk
+                .iter()
+                .map(|(k, v)| Change::Put { key: k, value: v })
+                .collect();
+            index.write(&changes, None, true)?;
+            chunk.clear();
+            Ok(())
+        };
+        for item in items {
+            let (k, v) = item.map_err(|e| Error::Source(e.into()))?;
+            chunk.push((k.as_ref().to_vec(), v.as_ref().to_vec()));
+            if chunk.len() >= REBUILD_CHUNK {
+                flush(&mut chunk)?;
+            }
+        }
+        flush(&mut chunk)?;
+        index.write(&[], Some(applied_index), false)?;
+        // Durable before it becomes current, whatever the sync mode.
+        index.db.flush()?;
+        write_current(&root, generation)?;
+        Ok(index)
+    }
+
+    /// The log index the index reflects: every change applied with an index
+    /// up to it is in, none after it.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The index directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Applies the changes of log entry `index` (a batch of any number of
+    /// keys; for the same key the last change wins) and records `index` as
+    /// applied, in one atomic engine write. Returns `false`, changing
+    /// nothing, when `index <= applied_index()` (a replay).
+    ///
+    /// An overwrite removes the old value's words and vector; a delete of a
+    /// key without a document is a no-op. A value that is not UTF-8 or has
+    /// no word is not a document (it is found by neither search).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corruption`] when a stored record does not decode (the index
+    /// must be rebuilt), engine errors (a failed write poisons the engine:
+    /// reopen or rebuild). On error nothing of the batch is applied.
+    pub fn apply(&self, index: u64, changes: &[Change<'_>]) -> Result<bool> {
+        self.write(changes, Some(index), false)
+    }
+
+    fn analyze(&self, value: &[u8]) -> Result<Option<Analyzed>> {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return Ok(None);
+        };
+        let mut doc = DocRecord::default();
+        for w in text::words(text) {
+            doc.len = doc.len.saturating_add(1);
+            *doc.terms.entry(w).or_insert(0) += 1;
+        }
+        if doc.len == 0 {
+            return Ok(None);
+        }
+        let v = self.opts.embedder.embed(text);
+        if v.len() != self.opts.embedder.dim() {
+            return Err(Error::InvalidArgument(format!(
+                "embedder returned {} dimensions, declares {}",
+                v.len(),
+                self.opts.embedder.dim()
+            )));
+        }
+        let vector = normalize(v).and_then(|v| quantize(&v));
+        Ok(Some(Analyzed { doc, vector }))
+    }
+
+    /// The shared write path of `apply` and rebuilds. `index: None` leaves
+    /// the applied index as it is; `defer_graph` skips graph maintenance.
+    fn write(&self, changes: &[Change<'_>], index: Option<u64>, defer_graph: bool) -> Result<bool> {
+        let mut counters = self.writer.lock();
+        if let Some(i) = index
+            && i <= self.applied_index()
+        {
+            return Ok(false);
+        }
+        let mut last: BTreeMap<&[u8], Option<&[u8]>> = BTreeMap::new();
+        for c in changes {
+            let v = match *c {
+                Change::Put { value, .. } => Some(value),
+                Change::Delete { .. } => None,
+            };
+            last.insert(c.key(), v);
+        }
+        let mut batch = WriteBatch::new();
+        let mut df: HashMap<String, i64> = HashMap::new();
+        let (mut docs, mut total) = (counters.docs as i128, counters.total as i128);
+        let mut new_vectors: Vec<(&[u8], Option<Vec<i8>>)> = Vec::with_capacity(last.len());
+        for (&key, value) in &last {
+            let dk = codec::doc_key(key);
+            if let Some(old) = self.db.get(&dk)? {
+                let old = DocRecord::decode(&dk, &old)?;
+                for t in old.terms.keys() {
+                    batch.delete(codec::posting_key(t, key));
+                    *df.entry(t.clone()).or_insert(0) -= 1;
+                }
+                docs -= 1;
+                total -= i128::from(old.len);
+                batch.delete(&dk);
+                batch.delete(codec::vec_key(key));
+            }
+            let analyzed = match value {
+                Some(v) => self.analyze(v)?,
+                None => None,
+            };
+            let Some(a) = analyzed else {
+                new_vectors.push((key, None));
+                continue;
+            };
+            for (t, &tf) in &a.doc.terms {
+                batch.put(
+                    codec::posting_key(t, key),
+                    codec::encode_posting(tf, a.doc.len),
+                );
+                *df.entry(t.clone()).or_insert(0) += 1;
+            }
+            docs += 1;
+            total += i128::from(a.doc.len);
+            batch.put(&dk, a.doc.encode());
+            if let Some(q) = &a.vector {
+                batch.put(
+                    codec::vec_key(key),
+                    q.iter().map(|&x| x as u8).collect::<Vec<u8>>(),
+                );
+            }
+            new_vectors.push((key, a.vector));
+        }
+        for (t, delta) in df {
+            if delta == 0 {
+                continue;
+            }
+            let fk = codec::df_key(&t);
+            let cur = match self.db.get(&fk)? {
+                Some(b) => codec::decode_u64s::<1>(&fk, &b)?[0] as i64,
+                None => 0,
+            };
+            let n = cur + delta;
+            if n < 0 {
+                return Err(Error::corrupt(&fk, "document frequency below zero"));
+            }
+            if n == 0 {
+                batch.delete(&fk);
+            } else {
+                batch.put(&fk, codec::encode_u64s(&[n as u64]));
+            }
+        }
+        if docs < 0 || total < 0 {
+            return Err(Error::corrupt(codec::STATS, "document count below zero"));
+        }
+        let (docs, total) = (docs as u64, total as u64);
+        batch.put(codec::STATS, codec::encode_u64s(&[docs, total]));
+        if let Some(i) = index {
+            batch.put(codec::APPLIED, i.to_le_bytes());
+        }
+        self.db.write(batch)?;
+        *counters = Counters { docs, total };
+        if let Some(i) = index {
+            self.applied.store(i, Ordering::Release);
+        }
+        let mut vectors = self.vectors.write();
+        for (key, v) in new_vectors {
+            vectors.set(key, v.as_deref(), true);
+        }
+        vectors.maintain(defer_graph);
+        Ok(true)
+    }
+
+    /// Keys whose value contains every word of `query` (folded as values
+    /// are), best first by BM25 (k1 = 1.2, b = 0.75; IDF
+    /// `ln(1 + (N - df + 0.5) / (df + 0.5))`), ties by key; only keys
+    /// starting with `prefix` when given; at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyQuery`] when `query` has no word; engine errors;
+    /// [`Error::Corruption`] for a damaged record.
+    pub fn search(
+        &self,
+        query: &str,
+        prefix: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, f64)>> {
+        let mut terms: Vec<String> = text::words(query).collect();
+        if terms.is_empty() {
+            return Err(Error::EmptyQuery);
+        }
+        terms.sort();
+        terms.dedup();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let snap = self.db.snapshot();
+        let [n, total] = match snap.get(codec::STATS)? {
+            Some(b) => codec::decode_u64s::<2>(codec::STATS, &b)?,
+            None => return Err(Error::corrupt(codec::STATS, "missing")),
+        };
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let avgdl = total as f64 / n as f64;
+        let mut weighted: Vec<(u64, f64, &str)> = Vec::with_capacity(terms.len());
+        for t in &terms {
+            let fk = codec::df_key(t);
+            let df = match snap.get(&fk)? {
+                Some(b) => codec::decode_u64s::<1>(&fk, &b)?[0],
+                None => return Ok(Vec::new()),
+            };
+            let idf = (1.0 + (n as f64 - df as f64 + 0.5) / (df as f64 + 0.5)).ln();
+            weighted.push((df, idf, t));
+        }
+        weighted.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)));
+        let bm25 = |idf: f64, tf: u32, dl: u32| {
+            let tf = f64::from(tf);
+            idf * tf * (BM25_K1 + 1.0)
+                / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * f64::from(dl) / avgdl))
+        };
+        let Some((&(_, idf0, rarest), rest)) = weighted.split_first() else {
+            return Ok(Vec::new());
+        };
+        let start = codec::posting_key(rarest, prefix.unwrap_or(&[]));
+        let end = codec::prefix_end(&start).map_or(Bound::Unbounded, Bound::Excluded);
+        let head = start.len() - prefix.map_or(0, <[u8]>::len);
+        let mut hits: Vec<(Vec<u8>, f64)> = Vec::new();
+        'postings: for item in snap.scan((Bound::Included(start.clone()), end))? {
+            let (pk, pv) = item?;
+            let key = pk.get(head..).unwrap_or(&[]);
+            let (tf, dl) = codec::decode_posting(&pk, &pv)?;
+            let mut score = bm25(idf0, tf, dl);
+            for &(_, idf, t) in rest {
+                let ok = codec::posting_key(t, key);
+                match snap.get(&ok)? {
+                    Some(v) => {
+                        let (tf, dl) = codec::decode_posting(&ok, &v)?;
+                        score += bm25(idf, tf, dl);
+                    }
+                    None => continue 'postings,
+                }
+            }
+            hits.push((key.to_vec(), score));
+        }
+        let by = |a: &(Vec<u8>, f64), b: &(Vec<u8>, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0))
+        };
+        if hits.len() > limit {
+            hits.select_nth_unstable_by(limit - 1, by);
+            hits.truncate(limit);
+        }
+        hits.sort_by(by);
+        Ok(hits)
+    }
+
+    /// The `k` keys whose values are most similar to `text` (cosine of the
+    /// embedder's vectors, in [-1, 1]), best first, ties by key; only keys
+    /// starting with `prefix` when given. Exact below
+    /// [`SearchOptions::ann_threshold`] vectors (and for a prefix selecting
+    /// fewer keys than that), approximate (HNSW) above.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyQuery`] when `text` embeds to the zero vector (no
+    /// word); [`Error::InvalidArgument`] when the embedder returns a vector
+    /// of the wrong size.
+    pub fn similar(
+        &self,
+        text: &str,
+        k: usize,
+        prefix: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, f32)>> {
+        let q = self.query_vector(text)?;
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.vectors.read().search(&q, k, prefix.unwrap_or(&[])))
+    }
+
+    /// As [`SearchIndex::similar`], always by an exact scan (for measuring
+    /// the approximate index against).
+    ///
+    /// # Errors
+    ///
+    /// As [`SearchIndex::similar`].
+    pub fn similar_exact(
+        &self,
+        text: &str,
+        k: usize,
+        prefix: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, f32)>> {
+        let q = self.query_vector(text)?;
+        Ok(self.vectors.read().exact(&q, k, prefix.unwrap_or(&[])))
+    }
+
+    fn query_vector(&self, text: &str) -> Result<Vec<f32>> {
+        let v = self.opts.embedder.embed(text);
+        if v.len() != self.opts.embedder.dim() {
+            return Err(Error::InvalidArgument(format!(
+                "embedder returned {} dimensions, declares {}",
+                v.len(),
+                self.opts.embedder.dim()
+            )));
+        }
+        normalize(v).ok_or(Error::EmptyQuery)
+    }
+
+    /// Document and vector counts.
+    pub fn stats(&self) -> IndexStats {
+        let c = self.writer.lock();
+        let v = self.vectors.read();
+        IndexStats {
+            documents: c.docs,
+            total_words: c.total,
+            vectors: v.len(),
+            approximate: v.has_graph(),
+            memory_bytes: v.memory_bytes(),
+        }
+    }
+
+    /// Makes everything applied so far durable (an engine flush), whatever
+    /// the sync mode.
+    ///
+    /// # Errors
+    ///
+    /// Engine errors.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.db.flush()?)
+    }
+
+    /// Flushes and compacts the index's engine (to measure its size).
+    ///
+    /// # Errors
+    ///
+    /// Engine errors.
+    pub fn compact(&self) -> Result<()> {
+        Ok(self.db.compact()?)
+    }
+}
