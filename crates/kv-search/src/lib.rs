@@ -60,6 +60,9 @@
 #![warn(missing_docs)]
 
 mod codec;
+#[doc(hidden)]
+#[allow(clippy::indexing_slicing, missing_docs)]
+pub mod corpus;
 mod embed;
 mod error;
 mod hnsw;
