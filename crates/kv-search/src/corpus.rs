@@ -25,9 +25,9 @@ impl Corpus {
         // Vocabulary from a fixed seed, so every corpus shares it.
         let mut seen = std::collections::HashSet::new();
         while c.vocab.len() < words.max(1) {
-            let n = 1 + (c.next() % 4) as usize;
+            let n = 1 + (c.next_u64() % 4) as usize;
             let w: String = (0..n)
-                .map(|_| SYLLABLES[(c.next() % SYLLABLES.len() as u64) as usize])
+                .map(|_| SYLLABLES[(c.next_u64() % SYLLABLES.len() as u64) as usize])
                 .collect();
             if seen.insert(w.clone()) {
                 c.vocab.push(w);
@@ -46,7 +46,7 @@ impl Corpus {
     }
 
     /// The next pseudo-random number (splitmix64).
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -56,7 +56,7 @@ impl Corpus {
 
     /// A Zipf-distributed word.
     pub fn word(&mut self) -> &str {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let i = self
             .cdf
             .partition_point(|&p| p < u)
@@ -66,7 +66,7 @@ impl Corpus {
 
     /// A sentence of `min..=max` words.
     pub fn sentence(&mut self, min: usize, max: usize) -> String {
-        let n = min + (self.next() % (max - min + 1) as u64) as usize;
+        let n = min + (self.next_u64() % (max - min + 1) as u64) as usize;
         let mut s = String::new();
         for i in 0..n {
             if i > 0 {

@@ -25,6 +25,9 @@ const CURRENT: &str = "CURRENT";
 /// Source entries per engine batch in a rebuild.
 const REBUILD_CHUNK: usize = 4096;
 
+/// An item of an empty store.
+type NoItem<'a> = std::result::Result<(&'a [u8], &'a [u8]), std::convert::Infallible>;
+
 /// One change to the store, as a state machine applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change<'a> {
@@ -352,6 +355,16 @@ impl SearchIndex {
         let index = Self::build(root.clone(), opts, items, applied_index, current)?;
         remove_gens_except(&root, &[index.generation])?;
         Ok(index)
+    }
+
+    /// A new, empty index at applied index 0 in `dir`, replacing any (a
+    /// rebuild from an empty store).
+    ///
+    /// # Errors
+    ///
+    /// As [`SearchIndex::rebuild`].
+    pub fn create(dir: impl AsRef<Path>, opts: SearchOptions) -> Result<SearchIndex> {
+        Self::rebuild(dir, opts, std::iter::empty::<NoItem<'_>>(), 0)
     }
 
     /// Replaces this index's content with `items` as of `applied_index`

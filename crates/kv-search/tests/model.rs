@@ -46,7 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn key(k: u8) -> Vec<u8> {
-    format!("{}/{k:02}", if k % 2 == 0 { "a" } else { "b" }).into_bytes()
+    format!("{}/{k:02}", if k.is_multiple_of(2) { "a" } else { "b" }).into_bytes()
 }
 
 /// Documents of the model: key → folded words.
@@ -184,7 +184,9 @@ fn check(index: &SearchIndex, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
     }
 }
 
-fn store_items(model: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Result<(Vec<u8>, Vec<u8>), Infallible>> {
+type Items = Vec<Result<(Vec<u8>, Vec<u8>), Infallible>>;
+
+fn store_items(model: &BTreeMap<Vec<u8>, Vec<u8>>) -> Items {
     model
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.clone())))
@@ -321,10 +323,7 @@ fn overwrite_and_delete_keep_counts_exact() {
 #[test]
 fn similar_prefers_shared_words() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (index, _) = SearchIndex::open_or_rebuild(dir.path(), SearchOptions::default(), || {
-        (0, Vec::<Result<(Vec<u8>, Vec<u8>), Infallible>>::new())
-    })
-    .expect("create");
+    let index = SearchIndex::create(dir.path(), SearchOptions::default()).expect("create");
     index
         .apply(
             1,

@@ -1,13 +1,9 @@
 //! Query behaviour: Unicode words, prefix filter, limit, empty queries.
 
-use std::convert::Infallible;
-
 use kv_search::{Change, Error, SearchIndex, SearchOptions};
 
 fn index(dir: &std::path::Path) -> SearchIndex {
-    let none: Vec<Result<(Vec<u8>, Vec<u8>), Infallible>> = Vec::new();
-    let (index, _) =
-        SearchIndex::open_or_rebuild(dir, SearchOptions::default(), || (0, none)).expect("create");
+    let index = SearchIndex::create(dir, SearchOptions::default()).expect("create");
     let docs: &[(&[u8], &str)] = &[
         (b"de/1", "Die Straße ist lang"),
         (b"de/2", "STRASSE und Weg"),

@@ -69,11 +69,11 @@ fn hnsw_recall_at_10() {
     println!("recall@10 over {n} texts (incremental, 1/7 deleted): {r:.3}");
     assert!(r >= 0.9, "recall@10 {r}");
     // The graph a rebuild makes.
-    let live: Vec<Result<(Vec<u8>, Vec<u8>), std::convert::Infallible>> = texts
+    let live: Vec<Result<_, std::convert::Infallible>> = texts
         .iter()
         .enumerate()
         .filter(|(i, _)| i % 7 != 0)
-        .map(|(_, (k, v))| Ok((k.clone(), v.clone().into_bytes())))
+        .map(|(_, (k, v))| Ok((k.as_slice(), v.as_bytes())))
         .collect();
     index.rebuild_from(live, 100_000).expect("rebuild");
     let r = recall(&index, &mut c);
