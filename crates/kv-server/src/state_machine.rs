@@ -10,8 +10,8 @@
 //! the log is only compacted behind data that is durable in the engine, and
 //! the raft snapshot itself is a small descriptor naming the checkpoint.
 //!
-//! De-duplication: a write with a non-zero `client_id` is recorded under
-//! `(client_id, seq)` with its outcome; a retry of it returns the recorded
+//! De-duplication: a write with a non-zero `client_id` is noted in that
+//! client's session ([`crate::sessions`]); a retry of it returns the first
 //! outcome instead of applying again. Per client, only the last
 //! [`DEDUP_WINDOW`] request numbers are kept: a retry older than that is
 //! answered [`Outcome::Stale`] (its first attempt may have been applied), so
@@ -19,6 +19,8 @@
 //! not written for [`CLIENT_EXPIRY_MS`] (by the proposers' clocks, carried in
 //! the log, so every replica expires the same records) loses its records: a
 //! retry must come sooner than that (clients bound operations to seconds).
+//! Sessions are cached in memory (the engine holds them too, written in the
+//! entry's batch), so a write reads nothing from the engine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,11 +32,12 @@ use kv_raft::{BoxError, StateMachine};
 use crate::command::{BatchOp, Command, Op, Outcome};
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::sessions::{self, Seen, Session};
 use crate::snapshot::Descriptor;
 use crate::store::Store;
 
 /// Request numbers per client whose outcomes are remembered.
-pub const DEDUP_WINDOW: u64 = 1024;
+pub const DEDUP_WINDOW: u64 = crate::sessions::WINDOW;
 
 /// A client's de-duplication records are dropped after it has not written
 /// for this long.
@@ -46,6 +49,19 @@ const EXPIRY_EVERY: u64 = 1024;
 /// Most records deleted by one expiry pass (bounds the apply latency).
 const EXPIRY_MAX_DELETES: usize = 10_000;
 
+/// Sessions cached before the cache starts over (each is read back from the
+/// engine on its client's next write).
+const MAX_CACHED_SESSIONS: usize = 100_000;
+
+/// The sessions of the engine generation they were read from.
+#[derive(Debug, Default)]
+struct SessionCache {
+    /// The generation's number; a snapshot install replaces the
+    /// generation and so empties the cache.
+    generation: u64,
+    sessions: HashMap<u64, Session>,
+}
+
 /// The engine as the entry being applied sees it: its own writes so far
 /// (a group's later commands see the earlier ones' effects) over the
 /// database, collected into one batch.
@@ -53,14 +69,35 @@ struct View<'a> {
     db: &'a Db,
     batch: WriteBatch,
     pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Sessions as of the last applied entry.
+    cached: &'a HashMap<u64, Session>,
+    /// Sessions this entry changed (`None`: expired).
+    sessions: HashMap<u64, Option<Session>>,
 }
 
 impl<'a> View<'a> {
-    fn new(db: &'a Db) -> Self {
+    fn new(db: &'a Db, cached: &'a HashMap<u64, Session>) -> Self {
         View {
             db,
             batch: WriteBatch::new(),
             pending: HashMap::new(),
+            cached,
+            sessions: HashMap::new(),
+        }
+    }
+
+    fn session(&self, client_id: u64) -> Result<Session> {
+        if let Some(s) = self.sessions.get(&client_id) {
+            return Ok(s.clone().unwrap_or_default());
+        }
+        if let Some(s) = self.cached.get(&client_id) {
+            return Ok(s.clone());
+        }
+        match self.db.get(keys::client_max_key(client_id))? {
+            None => Ok(Session::default()),
+            Some(record) => Session::decode(&record).map_err(|reason| {
+                Error::corruption(self.db.path(), format!("client {client_id}: {reason}"))
+            }),
         }
     }
 
@@ -81,8 +118,14 @@ impl<'a> View<'a> {
         self.pending.insert(key, None);
     }
 
-    fn into_batch(self) -> WriteBatch {
-        self.batch
+    /// The entry's batch, and the sessions it changed.
+    fn finish(mut self) -> (WriteBatch, HashMap<u64, Option<Session>>) {
+        for (id, session) in &self.sessions {
+            if let Some(s) = session {
+                self.batch.put(keys::client_max_key(*id), s.encode());
+            }
+        }
+        (self.batch, self.sessions)
     }
 }
 
@@ -100,6 +143,7 @@ pub struct KvStateMachine {
     store: Arc<Store>,
     applied: u64,
     applied_term: u64,
+    sessions: SessionCache,
 }
 
 /// The applied index and term recorded in `db` (zeros when none).
@@ -155,6 +199,7 @@ impl KvStateMachine {
             store,
             applied,
             applied_term,
+            sessions: SessionCache::default(),
         })
     }
 
@@ -165,18 +210,39 @@ impl KvStateMachine {
     }
 
     fn execute(view: &mut View<'_>, cmd: Command) -> Result<Outcome> {
-        let mut max_seq = 0;
+        let mut session = None;
         if cmd.client_id != 0 {
-            if let Some(prev) = view.get(&keys::dedup_key(cmd.client_id, cmd.seq))? {
-                return Outcome::decode(&prev)
-                    .map_err(|e| Error::corruption(view.db.path(), format!("dedup record: {e}")));
+            let s = view.session(cmd.client_id)?;
+            let recorded = || -> Result<Option<Outcome>> {
+                match view.get(&keys::dedup_key(cmd.client_id, cmd.seq))? {
+                    None => Ok(None),
+                    Some(prev) => Outcome::decode(&prev).map(Some).map_err(|e| {
+                        Error::corruption(view.db.path(), format!("dedup record: {e}"))
+                    }),
+                }
+            };
+            match s.check(cmd.seq) {
+                Seen::New => {}
+                Seen::Stale => return Ok(Outcome::Stale),
+                Seen::Applied => return Ok(Outcome::Ok),
+                Seen::Recorded => {
+                    return recorded()?.ok_or_else(|| {
+                        Error::corruption(
+                            view.db.path(),
+                            format!(
+                                "client {}: the outcome record of request {} is missing",
+                                cmd.client_id, cmd.seq
+                            ),
+                        )
+                    });
+                }
+                Seen::Legacy => {
+                    if let Some(prev) = recorded()? {
+                        return Ok(prev);
+                    }
+                }
             }
-            max_seq = view
-                .get(&keys::client_max_key(cmd.client_id))?
-                .map_or(0, |v| parse_client(&v).0);
-            if cmd.seq <= max_seq.saturating_sub(DEDUP_WINDOW) && max_seq >= DEDUP_WINDOW {
-                return Ok(Outcome::Stale);
-            }
+            session = Some(s);
         }
         let outcome = match cmd.op {
             Op::Put { key, value } => {
@@ -238,21 +304,15 @@ impl KvStateMachine {
                 Outcome::Multi(outcomes)
             }
         };
-        if cmd.client_id != 0 {
-            view.put(keys::dedup_key(cmd.client_id, cmd.seq), outcome.encode());
-            let mut record = [0u8; 16];
-            record[..8].copy_from_slice(&cmd.seq.max(max_seq).to_be_bytes());
-            record[8..].copy_from_slice(&cmd.time_ms.to_be_bytes());
-            view.put(keys::client_max_key(cmd.client_id), record.to_vec());
-            if cmd.seq > max_seq {
-                // Forget the outcomes that fell out of the window.
-                let old_floor = max_seq.saturating_sub(DEDUP_WINDOW);
-                let new_floor = cmd.seq.saturating_sub(DEDUP_WINDOW);
-                let from = old_floor.max(new_floor.saturating_sub(DEDUP_WINDOW)) + 1;
-                for seq in from..=new_floor {
-                    view.delete(keys::dedup_key(cmd.client_id, seq));
-                }
+        if let Some(mut s) = session {
+            if sessions::needs_record(&outcome) {
+                view.put(keys::dedup_key(cmd.client_id, cmd.seq), outcome.encode());
             }
+            // Forget the outcomes that fell out of the window.
+            for seq in s.applied(cmd.seq, cmd.time_ms, &outcome) {
+                view.delete(keys::dedup_key(cmd.client_id, seq));
+            }
+            view.sessions.insert(cmd.client_id, Some(s));
         }
         Ok(outcome)
     }
@@ -276,6 +336,7 @@ impl KvStateMachine {
                 deletes += 1;
             }
             view.delete(key.to_vec());
+            view.sessions.insert(id, None);
             deletes += 1;
             if deletes >= EXPIRY_MAX_DELETES {
                 break;
@@ -288,7 +349,16 @@ impl KvStateMachine {
 impl StateMachine for KvStateMachine {
     fn apply(&mut self, index: u64, term: u64, command: &[u8]) -> Result<Vec<u8>, BoxError> {
         let generation = self.store.current();
-        let mut view = View::new(generation.db());
+        let identity = generation.number();
+        if self.sessions.generation != identity
+            || self.sessions.sessions.len() > MAX_CACHED_SESSIONS
+        {
+            self.sessions = SessionCache {
+                generation: identity,
+                sessions: HashMap::new(),
+            };
+        }
+        let mut view = View::new(generation.db(), &self.sessions.sessions);
         let result = if command.is_empty() {
             Vec::new()
         } else {
@@ -304,9 +374,17 @@ impl StateMachine for KvStateMachine {
                 }
             }
         };
-        let mut batch = view.into_batch();
+        let (mut batch, changed) = view.finish();
         batch.put(keys::APPLIED, applied_record(index, term));
         generation.db().write(batch)?;
+        // Only once the batch is in: a failed write leaves the cache as
+        // the engine is.
+        for (id, session) in changed {
+            match session {
+                Some(s) => self.sessions.sessions.insert(id, s),
+                None => self.sessions.sessions.remove(&id),
+            };
+        }
         self.applied = index;
         self.applied_term = term;
         Ok(result)
@@ -353,6 +431,7 @@ impl StateMachine for KvStateMachine {
             // A packed archive, as older builds made.
             self.store.restore(data)?;
         }
+        self.sessions = SessionCache::default();
         let generation = self.store.current();
         let db = generation.db();
         let (restored, _) = read_applied(db)?;
@@ -529,9 +608,93 @@ mod tests {
             outcome(sm.apply(index, 1, &cmd(5, 5, put("z", "1"))).unwrap()),
             Outcome::Stale
         );
+        // Plain writes leave no outcome records behind, only the session.
         let db = sm.store().current();
-        let records = db.db().prefix(b"mc").unwrap().count() as u64;
-        assert_eq!(records, DEDUP_WINDOW);
+        assert_eq!(db.db().prefix(b"mc").unwrap().count(), 0);
+        assert_eq!(db.db().prefix(keys::CLIENT_PREFIX).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_compares_keep_their_outcome_until_the_window_passes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = open(tmp.path());
+        sm.apply(1, 1, &cmd(9, 1, put("k", "now"))).unwrap();
+        let cas = cmd(
+            9,
+            2,
+            Op::Cas {
+                key: b("k"),
+                expected: Some(b("before")),
+                new: b("x"),
+            },
+        );
+        let failed = Outcome::CompareFailed {
+            current: Some(b("now")),
+        };
+        assert_eq!(outcome(sm.apply(2, 1, &cas).unwrap()), failed);
+        sm.apply(3, 1, &cmd(9, 3, put("k", "before"))).unwrap();
+        // The retry gets the first outcome even now that the compare would
+        // succeed, after a restart too (the cache starts empty).
+        drop(sm);
+        let mut sm = open(tmp.path());
+        assert_eq!(outcome(sm.apply(4, 1, &cas).unwrap()), failed);
+        assert_eq!(get(&sm, "k"), Some(b("before")));
+        let mut index = 4;
+        for seq in 4..=DEDUP_WINDOW + 2 {
+            index += 1;
+            sm.apply(index, 1, &cmd(9, seq, put("k", "v"))).unwrap();
+        }
+        let db = sm.store().current();
+        assert_eq!(db.db().prefix(b"mc").unwrap().count(), 0);
+        drop(db);
+        index += 1;
+        assert_eq!(outcome(sm.apply(index, 1, &cas).unwrap()), Outcome::Stale);
+    }
+
+    #[test]
+    fn sessions_of_older_builds_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let sm = open(tmp.path());
+            // What an older build left: a 16-byte client record and an
+            // outcome record per write.
+            let mut batch = WriteBatch::new();
+            let mut record = 3u64.to_be_bytes().to_vec();
+            record.extend_from_slice(&0u64.to_be_bytes());
+            batch.put(keys::client_max_key(4), &record);
+            for seq in [1, 3] {
+                batch.put(keys::dedup_key(4, seq), Outcome::Ok.encode());
+            }
+            sm.store().current().db().write(batch).unwrap();
+        }
+        let mut sm = open(tmp.path());
+        // Seq 3 was applied (its record says so), seq 2 was not.
+        assert_eq!(
+            outcome(sm.apply(1, 1, &cmd(4, 3, put("a", "3"))).unwrap()),
+            Outcome::Ok
+        );
+        assert_eq!(get(&sm, "a"), None);
+        sm.apply(2, 1, &cmd(4, 2, put("a", "2"))).unwrap();
+        assert_eq!(get(&sm, "a"), Some(b("2")));
+        let mut index = 2;
+        for seq in 4..=DEDUP_WINDOW + 3 {
+            index += 1;
+            sm.apply(index, 1, &cmd(4, seq, put("b", "1"))).unwrap();
+        }
+        let db = sm.store().current();
+        assert_eq!(db.db().prefix(b"mc").unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_session_record_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sm = open(tmp.path());
+        let mut batch = WriteBatch::new();
+        batch.put(keys::client_max_key(6), [0u8; 20]);
+        sm.store().current().db().write(batch).unwrap();
+        let err = sm.apply(1, 1, &cmd(6, 1, put("a", "1"))).unwrap_err();
+        assert!(err.to_string().contains("client 6"), "{err}");
+        assert_eq!(get(&sm, "a"), None);
     }
 
     #[test]

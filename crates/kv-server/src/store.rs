@@ -56,6 +56,13 @@ impl Generation {
         // Only `Drop` takes it.
         self.db.as_ref().expect("database present until drop")
     }
+
+    /// The generation's number: each replacement of the database has a
+    /// higher one.
+    #[must_use]
+    pub fn number(&self) -> u64 {
+        self.number
+    }
 }
 
 impl Drop for Generation {
