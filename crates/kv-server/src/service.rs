@@ -591,6 +591,14 @@ impl Service for KvService {
         Ok(())
     }
 
+    fn peer_disconnected(&self, peer: u64) {
+        let Some(addr) = crate::membership::peer_addr(self.store.current().db(), &self.peers, peer)
+        else {
+            return;
+        };
+        crate::liveness::probe(self.handle.clone(), peer, addr);
+    }
+
     async fn snapshot_chunk(
         &self,
         peer: u64,

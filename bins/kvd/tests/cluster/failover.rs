@@ -96,11 +96,18 @@ async fn leader_kill_under_load_loses_no_acknowledged_write() {
         window,
         first_after_window.saturating_duration_since(killed_at)
     );
+    // Election timers alone could not do it in less than the election
+    // timeout (1 s) minus the heartbeat interval (300 ms): the survivors
+    // learned that the leader was gone from its closed connections.
     assert!(
-        window > Duration::from_millis(100),
-        "no failover gap measured"
+        window < Duration::from_millis(700),
+        "writes stopped for {window:?}; logs:\n{}",
+        c.logs()
     );
 
+    if std::env::var_os("FAILOVER_LOGS").is_some() {
+        println!("{}", c.logs());
+    }
     // Every acknowledged write is readable (a linearizable range read).
     let reader = c.client(Duration::from_secs(10));
     let stored: std::collections::HashSet<Bytes> = reader

@@ -97,6 +97,11 @@ impl<S: Service> Handler<S> {
         let bytes = Arc::new(Semaphore::new(total_units as usize));
         let mut requests = JoinSet::new();
         let mut speaker = Speaker::Unknown;
+        let mut gone = PeerGone {
+            service: self.service.clone(),
+            shutdown: self.shutdown.clone(),
+            peer: 0,
+        };
 
         loop {
             let permit = match in_flight.clone().try_acquire_owned() {
@@ -273,6 +278,9 @@ impl<S: Service> Handler<S> {
                         self.peer_port_check(hello.node_id, plain_under_tls)?;
                     }
                     speaker = self.handshake(speaker, hello, &tx).await?;
+                    if let Speaker::Peer(peer) = speaker {
+                        gone.peer = peer;
+                    }
                 }
                 Some(frame::Body::Response(_)) => {
                     return Err(Error::Protocol("a server does not take responses".into()));
@@ -448,6 +456,22 @@ impl<S: Service> Handler<S> {
 }
 
 /// The error of a connection that was challenged and did not answer.
+/// Tells the service when the connection of a proven peer ends, however it
+/// ends (but not at shutdown).
+struct PeerGone<S: Service> {
+    service: Arc<S>,
+    shutdown: CancellationToken,
+    peer: u64,
+}
+
+impl<S: Service> Drop for PeerGone<S> {
+    fn drop(&mut self) {
+        if self.peer != 0 && !self.shutdown.is_cancelled() {
+            self.service.peer_disconnected(self.peer);
+        }
+    }
+}
+
 fn unproven(speaker: Speaker) -> Error {
     let peer = match speaker {
         Speaker::Proving { peer, .. } | Speaker::Peer(peer) => peer,

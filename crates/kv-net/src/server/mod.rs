@@ -90,6 +90,13 @@ pub trait Service: Send + Sync + 'static {
         async { Err("this node does not accept raft messages".to_owned()) }
     }
 
+    /// The connection of `peer` (opened with a proven handshake) has ended:
+    /// closed by the peer, broken, or refused for what it sent. Not called
+    /// at shutdown. Must not block.
+    fn peer_disconnected(&self, peer: u64) {
+        let _ = peer;
+    }
+
     /// Takes one frame of a snapshot transfer from `peer` (the handshake's
     /// member, `chunk.from`); the frames of one transfer arrive in order on
     /// one connection (see `SnapshotChunk` in the protocol). Returns the

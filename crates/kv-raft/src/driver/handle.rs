@@ -87,6 +87,7 @@ pub(super) enum Request {
     Campaign(Resolver<()>),
     Step(Box<Message>),
     Unreachable(u64),
+    LeaderGone(u64),
     SnapshotStatus(u64, bool),
     Status(Resolver<Status>),
     Stop,
@@ -103,6 +104,7 @@ impl Request {
             Request::Status(r) => r.resolve(Err(e())),
             Request::Step(_)
             | Request::Unreachable(_)
+            | Request::LeaderGone(_)
             | Request::SnapshotStatus(..)
             | Request::Stop => {}
         }
@@ -271,6 +273,17 @@ impl Handle {
     /// the queue is full: the next failure reports it again).
     pub fn report_unreachable(&self, id: u64) {
         let _ = self.tx.try_send(Request::Unreachable(id));
+    }
+
+    /// Tells raft that node `id` is gone: its connections closed and a new
+    /// one was refused (nothing listens at its address), which a timer
+    /// would take an election timeout to conclude. If `id` is this
+    /// follower's leader, the follower stops honouring the leader's lease
+    /// at once, and the first of the other voters (by id) campaigns. A
+    /// leader that is in fact alive loses nothing: campaigns start with
+    /// pre-vote, which the voters that still hear from it ignore.
+    pub fn leader_gone(&self, id: u64) {
+        let _ = self.tx.try_send(Request::LeaderGone(id));
     }
 
     /// Tells raft whether a snapshot sent to `id` was delivered (`true`) or

@@ -87,7 +87,24 @@ struct Driver<S, T> {
     /// The snapshot being built off this thread, if any.
     snapshot_job: Option<Receiver<Result<WrittenCompact>>>,
     snapshot_thread: Option<JoinHandle<()>>,
+    /// A campaign after the leader was seen gone: the next attempt and the
+    /// attempts left (a voter may learn that the leader is gone a moment
+    /// after this node, and ignore its pre-vote until then).
+    rush: Option<Rush>,
 }
+
+/// See [`Driver::rush`].
+#[derive(Debug, Clone, Copy)]
+struct Rush {
+    /// The term in which the leader was seen gone.
+    term: u64,
+    next: Instant,
+    left: u32,
+}
+
+/// Campaigns after the leader was seen gone, and the time between them.
+const RUSH_ATTEMPTS: u32 = 5;
+const RUSH_EVERY: Duration = Duration::from_millis(25);
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn run(mut self) -> Result<()> {
@@ -95,10 +112,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         let mut next_tick = Instant::now() + tick;
         let result = loop {
             let now = Instant::now();
-            let first = match self
-                .rx
-                .recv_timeout(next_tick.saturating_duration_since(now))
-            {
+            let wake = self.rush.map_or(next_tick, |r| r.next.min(next_tick));
+            let first = match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(r) => Some(r),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break Ok(()),
@@ -127,6 +142,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 }
                 self.expire(now);
             }
+            self.rush_campaign(now);
             self.flush_reads();
             if let Err(e) = self.on_ready().and_then(|()| self.maybe_snapshot()) {
                 break Err(e);
@@ -211,6 +227,7 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 let _ = self.raw.step(*m);
             }
             Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::LeaderGone(id) => self.leader_gone(id),
             Request::SnapshotStatus(id, ok) => self.raw.report_snapshot(
                 id,
                 if ok {
@@ -223,6 +240,61 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             Request::Stop => return true,
         }
         false
+    }
+
+    /// See [`Handle::leader_gone`].
+    fn leader_gone(&mut self, id: u64) {
+        let raft = &mut self.raw.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != id {
+            return;
+        }
+        // The lease is given up: this node now grants votes.
+        raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        let first = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&v| v != id)
+            .min();
+        tracing::info!(
+            leader = id,
+            campaign = first == Some(raft.id),
+            "the leader is gone"
+        );
+        if first == Some(raft.id) {
+            self.rush = Some(Rush {
+                term: raft.term,
+                next: Instant::now(),
+                left: RUSH_ATTEMPTS,
+            });
+        }
+    }
+
+    /// Campaigns (again) while a rush is on and no leader is known.
+    fn rush_campaign(&mut self, now: Instant) {
+        let Some(rush) = self.rush else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        let settled = raft.term > rush.term
+            && (raft.state == StateRole::Leader
+                || (raft.state == StateRole::Follower && raft.leader_id != 0));
+        if settled || rush.left == 0 {
+            self.rush = None;
+            return;
+        }
+        // A candidate waits for its votes: campaigning again would start
+        // a new term and throw away the election under way.
+        if now >= rush.next && raft.state != StateRole::Candidate {
+            let _ = self.raw.campaign();
+            self.rush = Some(Rush {
+                next: now + RUSH_EVERY,
+                left: rush.left - 1,
+                ..rush
+            });
+        }
     }
 
     fn track(&mut self, kind: PendingKind) {

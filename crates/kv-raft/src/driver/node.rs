@@ -116,6 +116,7 @@ impl Node {
             applied_bytes: 0,
             snapshot_job: None,
             snapshot_thread: None,
+            rush: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
