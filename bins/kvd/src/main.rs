@@ -107,6 +107,12 @@ struct Args {
     /// Log lines as text, or as one JSON object per line.
     #[arg(long, value_enum, default_value_t)]
     log_format: logging::LogFormat,
+    /// Serve linearizable reads on the leader without a heartbeat round
+    /// while its lease holds (80% of the minimum election timeout, less a
+    /// tick, after a quorum last acknowledged it). Assumes the nodes'
+    /// clocks run at rates within 20% of each other; off by default.
+    #[arg(long)]
+    lease_reads: bool,
     /// Take a raft snapshot (and compact the log) after this many applied
     /// entries.
     #[arg(long, hide = true)]
@@ -165,6 +171,7 @@ fn config(args: &Args) -> Result<Config> {
     }
     config.join.clone_from(&args.join);
     config.restore.clone_from(&args.restore);
+    config.raft.lease_reads = args.lease_reads;
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
     }

@@ -58,6 +58,20 @@ pub struct Options {
     pub sync: bool,
     /// Told of fsync durations and leader changes (metrics).
     pub observer: Option<Arc<dyn crate::Observer>>,
+    /// Serve linearizable reads on the leader without a heartbeat round
+    /// while its lease holds (see [`Options::lease`]). Off by default.
+    ///
+    /// The lease rests on a clock assumption: the nodes' monotonic clocks
+    /// advance at rates within 20% of each other, and a node's raft thread
+    /// is never ahead of its clock (ticks are never early). A quorum that
+    /// acknowledged a heartbeat round sent at T will not elect another
+    /// leader before T plus an election timeout by their clocks; the leader
+    /// uses its lease only until T + [`Options::lease`], shorter by the
+    /// drift allowed and a tick. Leadership transfers end the lease first;
+    /// a follower that learns its leader is gone
+    /// ([`crate::Handle::leader_gone`]) waits out a lease before it
+    /// campaigns.
+    pub lease_reads: bool,
 }
 
 impl Default for Options {
@@ -79,11 +93,21 @@ impl Default for Options {
             read_timeout: Duration::from_secs(3),
             sync: true,
             observer: None,
+            lease_reads: false,
         }
     }
 }
 
 impl Options {
+    /// How long after a heartbeat round is sent its acknowledgement by a
+    /// quorum lets the leader serve reads alone: 80% of the minimum
+    /// election timeout, less one tick.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        let election = self.tick_interval * u32::try_from(self.election_ticks).unwrap_or(u32::MAX);
+        (election * 4 / 5).saturating_sub(self.tick_interval)
+    }
+
     /// Checks that the options are usable together.
     ///
     /// # Errors
@@ -99,6 +123,9 @@ impl Options {
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return bad("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.lease_reads && self.lease().is_zero() {
+            return bad("lease_reads needs an election timeout of more than 1.25 ticks");
         }
         if self.snapshot_threshold == 0 {
             return bad("snapshot_threshold must be positive");

@@ -91,15 +91,24 @@ struct Driver<S, T> {
     /// attempts left (a voter may learn that the leader is gone a moment
     /// after this node, and ignore its pre-vote until then).
     rush: Option<Rush>,
+    /// ReadIndex rounds this leader sent: term and time sent, by context.
+    rounds_sent: HashMap<u64, (u64, Instant)>,
+    /// With `lease_reads`: the term and the end of this leader's lease.
+    lease: Option<(u64, Instant)>,
 }
 
 /// See [`Driver::rush`].
 #[derive(Debug, Clone, Copy)]
 struct Rush {
-    /// The term in which the leader was seen gone.
+    /// The leader seen gone, and the term in which it was.
+    leader: u64,
     term: u64,
     next: Instant,
     left: u32,
+    /// This node campaigns (else it only gives up the lease).
+    campaign: bool,
+    /// The lease has been given up.
+    released: bool,
 }
 
 /// Campaigns after the leader was seen gone, and the time between them.
@@ -215,6 +224,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 } else if to == self.raw.raft.id {
                     r.resolve(Ok(()));
                 } else {
+                    // The target may be elected at once, lease or not.
+                    self.lease = None;
                     self.raw.transfer_leader(to);
                     let timeout = self.opts.tick_interval * (4 * self.opts.election_ticks) as u32;
                     self.transfers.push((to, Instant::now() + timeout, r));
@@ -244,12 +255,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
 
     /// See [`Handle::leader_gone`].
     fn leader_gone(&mut self, id: u64) {
-        let raft = &mut self.raw.raft;
-        if raft.state != StateRole::Follower || raft.leader_id != id {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Follower || raft.leader_id != id || self.rush.is_some() {
             return;
         }
-        // The lease is given up: this node now grants votes.
-        raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
         let first = raft
             .prs()
             .conf()
@@ -258,43 +267,73 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             .iter()
             .filter(|&v| v != id)
             .min();
-        tracing::info!(
-            leader = id,
-            campaign = first == Some(raft.id),
-            "the leader is gone"
-        );
-        if first == Some(raft.id) {
-            self.rush = Some(Rush {
-                term: raft.term,
-                next: Instant::now(),
-                left: RUSH_ATTEMPTS,
-            });
-        }
+        let campaign = first == Some(raft.id);
+        // With lease reads the gone leader's lease is waited out: it began
+        // before this node last heard from it.
+        let wait = if self.opts.lease_reads {
+            self.opts.lease()
+        } else {
+            Duration::ZERO
+        };
+        tracing::info!(leader = id, campaign, ?wait, "the leader is gone");
+        self.rush = Some(Rush {
+            leader: id,
+            term: raft.term,
+            next: Instant::now() + wait,
+            left: RUSH_ATTEMPTS,
+            campaign,
+            released: false,
+        });
     }
 
-    /// Campaigns (again) while a rush is on and no leader is known.
+    /// Gives up the lease and campaigns (again) while a rush is on and no
+    /// new leader is known.
     fn rush_campaign(&mut self, now: Instant) {
-        let Some(rush) = self.rush else {
+        let Some(mut rush) = self.rush else {
             return;
         };
-        let raft = &self.raw.raft;
+        let raft = &mut self.raw.raft;
         let settled = raft.term > rush.term
             && (raft.state == StateRole::Leader
                 || (raft.state == StateRole::Follower && raft.leader_id != 0));
-        if settled || rush.left == 0 {
+        // Heard from the leader again (it was not gone after all).
+        let back = !rush.released && (raft.term != rush.term || raft.leader_id != rush.leader);
+        if settled || back || rush.left == 0 {
+            self.rush = None;
+            return;
+        }
+        if now < rush.next {
+            return;
+        }
+        if !rush.released {
+            // The lease is given up: this node now grants votes.
+            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+            rush.released = true;
+        }
+        if !rush.campaign {
             self.rush = None;
             return;
         }
         // A candidate waits for its votes: campaigning again would start
         // a new term and throw away the election under way.
-        if now >= rush.next && raft.state != StateRole::Candidate {
+        if raft.state != StateRole::Candidate {
             let _ = self.raw.campaign();
-            self.rush = Some(Rush {
-                next: now + RUSH_EVERY,
-                left: rush.left - 1,
-                ..rush
-            });
         }
+        rush.next = now + RUSH_EVERY;
+        rush.left -= 1;
+        self.rush = Some(rush);
+    }
+
+    /// Whether this leader may serve reads alone now.
+    fn lease_holds(&self, now: Instant) -> bool {
+        let raft = &self.raw.raft;
+        self.opts.lease_reads
+            && raft.state == StateRole::Leader
+            && raft.lead_transferee.is_none()
+            && raft.commit_to_current_term()
+            && self
+                .lease
+                .is_some_and(|(term, until)| term == raft.term && now < until)
     }
 
     fn track(&mut self, kind: PendingKind) {
@@ -360,6 +399,9 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             }
         }
         self.read_batches.retain(|_, b| !b.is_empty());
+        let timeout = self.opts.read_timeout;
+        self.rounds_sent
+            .retain(|_, (_, sent)| now.duration_since(*sent) < timeout);
         let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transfers)
             .into_iter()
             .partition(|(_, d, _)| *d <= now);
@@ -385,6 +427,32 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
             // no-op entry commits (or they time out).
             return;
         }
+        let now = Instant::now();
+        if self.lease_holds(now) {
+            let index = self.raw.raft.raft_log.committed;
+            for w in std::mem::take(&mut self.read_queue) {
+                if self.applied >= index {
+                    w.resolver.resolve(Ok(index));
+                } else {
+                    self.read_waiting.entry(index).or_default().push(w.resolver);
+                }
+            }
+            // Renewed ahead of time by a round of its own while reads come.
+            let renewing = self
+                .rounds_sent
+                .values()
+                .any(|&(_, sent)| sent + self.opts.lease() / 2 > now);
+            if !renewing {
+                self.send_round(Vec::new());
+            }
+            return;
+        }
+        let batch = std::mem::take(&mut self.read_queue);
+        self.send_round(batch);
+    }
+
+    /// Sends one ReadIndex round for `batch`.
+    fn send_round(&mut self, batch: Vec<Waiter<u64>>) {
         let ctx = self.next_ctx;
         self.next_ctx += 1;
         // The leader keys pending reads by context, so it must be unique
@@ -392,7 +460,10 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         let mut rctx = self.raw.raft.id.to_le_bytes().to_vec();
         rctx.extend_from_slice(&ctx.to_le_bytes());
         self.raw.read_index(rctx);
-        let batch = std::mem::take(&mut self.read_queue);
+        if self.opts.lease_reads && self.raw.raft.state == StateRole::Leader {
+            self.rounds_sent
+                .insert(ctx, (self.raw.raft.term, Instant::now()));
+        }
         self.read_batches.insert(ctx, batch);
     }
 
@@ -506,6 +577,8 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
                 o.leader_changed((leader != 0).then_some(leader));
             }
             // Outstanding ReadIndex rounds die with the old leader's term.
+            self.rounds_sent.clear();
+            self.lease = None;
             for (_, batch) in self.read_batches.drain() {
                 for w in batch {
                     w.resolver.resolve(Err(Error::NotLeader {
@@ -529,7 +602,21 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         let Some(bytes) = ctx.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
             return;
         };
-        let Some(batch) = self.read_batches.remove(&u64::from_le_bytes(bytes)) else {
+        let ctx = u64::from_le_bytes(bytes);
+        if let Some((term, sent)) = self.rounds_sent.remove(&ctx)
+            && self.raw.raft.state == StateRole::Leader
+            && self.raw.raft.term == term
+            && self.raw.raft.lead_transferee.is_none()
+        {
+            // A quorum acknowledged this leader after `sent`.
+            let until = sent + self.opts.lease();
+            let longer = self
+                .lease
+                .filter(|&(t, u)| t == term && u > until)
+                .map_or(until, |(_, u)| u);
+            self.lease = Some((term, longer));
+        }
+        let Some(batch) = self.read_batches.remove(&ctx) else {
             return;
         };
         for w in batch {

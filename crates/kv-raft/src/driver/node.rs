@@ -117,6 +117,8 @@ impl Node {
             snapshot_job: None,
             snapshot_thread: None,
             rush: None,
+            rounds_sent: HashMap::new(),
+            lease: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
