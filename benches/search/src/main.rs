@@ -49,7 +49,9 @@ fn args() -> Args {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
     rd.filter_map(|e| e.ok())
         .map(|e| {
             let p = e.path();
@@ -229,7 +231,7 @@ fn main() {
     ));
     rows.push((
         format!(
-            "similar, {} , top 10",
+            "similar, {}, top 10",
             if st.approximate {
                 "HNSW (m=16, ef=96)"
             } else {
@@ -241,7 +243,10 @@ fn main() {
             hit as f64 / total.max(1) as f64
         ),
     ));
-    rows.push(("quantisation: recall@10 of 8-bit vs f32 (20k texts)".into(), format!("{:.3}", quant_recall(&texts, &sim_queries))));
+    rows.push((
+        "quantisation: recall@10 of 8-bit vs f32 (20k texts)".into(),
+        format!("{:.3}", quant_recall(&texts, &sim_queries)),
+    ));
     drop(index);
     let t = Instant::now();
     let index = SearchIndex::open(&index_dir, opts).expect("reopen");
@@ -285,13 +290,25 @@ fn quant_recall(texts: &[String], queries: &[String]) -> f64 {
     for q in queries {
         let qv = unit(e.embed(q));
         let dot = |v: &[f32]| v.iter().zip(&qv).map(|(a, b)| a * b).sum::<f32>();
-        let mut f: Vec<(f32, usize)> = docs.iter().enumerate().map(|(i, d)| (dot(&d.0), i)).collect();
-        let mut g: Vec<(f32, usize)> = docs.iter().enumerate().map(|(i, d)| (dot(&d.1), i)).collect();
+        let mut f: Vec<(f32, usize)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (dot(&d.0), i))
+            .collect();
+        let mut g: Vec<(f32, usize)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (dot(&d.1), i))
+            .collect();
         f.sort_by(|a, b| b.0.total_cmp(&a.0));
         g.sort_by(|a, b| b.0.total_cmp(&a.0));
         let kth = f.get(9).map_or(0.0, |x| x.0);
         // a hit when the 8-bit top 10 holds a text whose float score ties or beats the 10th
-        hit += g.iter().take(10).filter(|x| docs[x.1].0.iter().zip(&qv).map(|(a, b)| a * b).sum::<f32>() >= kth - 1e-6).count();
+        hit += g
+            .iter()
+            .take(10)
+            .filter(|x| docs[x.1].0.iter().zip(&qv).map(|(a, b)| a * b).sum::<f32>() >= kth - 1e-6)
+            .count();
         total += 10;
     }
     hit as f64 / total.max(1) as f64
