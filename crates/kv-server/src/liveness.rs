@@ -16,19 +16,38 @@ use kv_raft::Handle;
 /// or paused peer is left to raft's timers).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Dials `addr` (peer `peer`'s) in the background; tells raft if it is
-/// refused. Does nothing outside a tokio runtime.
+/// Dials of a peer whose connection closed, and the pause before each:
+/// a dying process closes its connections a moment before its listener,
+/// so an accepted dial right away proves little.
+const PROBE_PAUSES_MS: [u64; 4] = [0, 10, 30, 60];
+
+/// Dials `addr` (peer `peer`'s) in the background a few times; tells raft
+/// if a dial is refused. Does nothing outside a tokio runtime.
 pub(crate) fn probe(handle: Handle, peer: u64, addr: String) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::info!(peer, %addr, "peer connection closed and its address refuses connections: the peer is gone");
-                handle.leader_gone(peer);
+        for pause in PROBE_PAUSES_MS {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await
+            {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(peer, %addr, "peer connection closed and its address refuses connections: the peer is gone");
+                    handle.leader_gone(peer);
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer, %addr, error = %e, "peer connection closed; dialing it failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer, %addr, "peer connection closed; dialing it timed out");
+                    return;
+                }
             }
-            _ => tracing::debug!(peer, %addr, "peer connection closed; the peer still answers"),
         }
+        tracing::debug!(peer, %addr, "peer connection closed; the peer still accepts connections");
     });
 }
