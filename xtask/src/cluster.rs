@@ -58,9 +58,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             "--data-dir" => a.data_dir = PathBuf::from(value()?),
             "--fresh" => a.fresh = true,
             "--secure" => a.secure = true,
-            other => bail!(
-                "unknown argument {other}\nusage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]"
-            ),
+            other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     if a.nodes == 0 || a.nodes > 1000 || (a.secure && a.nodes > 100) {
@@ -80,8 +78,16 @@ pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
+const USAGE: &str = "usage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]";
+
 /// Runs the cluster until Ctrl-C / SIGTERM.
 pub fn run(args: &[String], root: &Path) -> Result<()> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "{USAGE}\n\nBuilds kvd and kvctl (release) and runs a local cluster on 127.0.0.1 until Ctrl-C:\n  --nodes N       members (default 3)\n  --base-port P   client port of node 1; node i listens on P+i-1, its HTTP gateway on P+i-1+1000\n  --data-dir D    where the nodes keep their data (default target/cluster)\n  --fresh         remove the data directory first\n  --secure        TLS, peer certificates and client tokens (made with cargo xtask certs)"
+        );
+        return Ok(());
+    }
     let a = parse(args, root)?;
     crate::run(&["build", "--release", "-p", "kvd", "-p", "kvctl"])?;
     let bin = target_dir(root).join("release");
