@@ -37,8 +37,10 @@ use crate::log_store::{LogStore, WrittenCompact};
 use crate::options::Options;
 use crate::state_machine::{StateMachine, Transport};
 
+mod failover;
 mod handle;
 mod node;
+mod reads;
 
 use handle::Request;
 pub use handle::{Handle, PeerProgress, Role, Status};
@@ -90,30 +92,12 @@ struct Driver<S, T> {
     /// A campaign after the leader was seen gone: the next attempt and the
     /// attempts left (a voter may learn that the leader is gone a moment
     /// after this node, and ignore its pre-vote until then).
-    rush: Option<Rush>,
+    rush: Option<failover::Rush>,
     /// ReadIndex rounds this leader sent: term and time sent, by context.
     rounds_sent: HashMap<u64, (u64, Instant)>,
     /// With `lease_reads`: the term and the end of this leader's lease.
     lease: Option<(u64, Instant)>,
 }
-
-/// See [`Driver::rush`].
-#[derive(Debug, Clone, Copy)]
-struct Rush {
-    /// The leader seen gone, and the term in which it was.
-    leader: u64,
-    term: u64,
-    next: Instant,
-    left: u32,
-    /// This node campaigns (else it only gives up the lease).
-    campaign: bool,
-    /// The lease has been given up.
-    released: bool,
-}
-
-/// Campaigns after the leader was seen gone, and the time between them.
-const RUSH_ATTEMPTS: u32 = 5;
-const RUSH_EVERY: Duration = Duration::from_millis(25);
 
 impl<S: StateMachine, T: Transport> Driver<S, T> {
     fn run(mut self) -> Result<()> {
@@ -253,89 +237,6 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         false
     }
 
-    /// See [`Handle::leader_gone`].
-    fn leader_gone(&mut self, id: u64) {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Follower || raft.leader_id != id || self.rush.is_some() {
-            return;
-        }
-        let first = raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .filter(|&v| v != id)
-            .min();
-        let campaign = first == Some(raft.id);
-        // With lease reads the gone leader's lease is waited out: it began
-        // before this node last heard from it.
-        let wait = if self.opts.lease_reads {
-            self.opts.lease()
-        } else {
-            Duration::ZERO
-        };
-        tracing::info!(leader = id, campaign, ?wait, "the leader is gone");
-        self.rush = Some(Rush {
-            leader: id,
-            term: raft.term,
-            next: Instant::now() + wait,
-            left: RUSH_ATTEMPTS,
-            campaign,
-            released: false,
-        });
-    }
-
-    /// Gives up the lease and campaigns (again) while a rush is on and no
-    /// new leader is known.
-    fn rush_campaign(&mut self, now: Instant) {
-        let Some(mut rush) = self.rush else {
-            return;
-        };
-        let raft = &mut self.raw.raft;
-        let settled = raft.term > rush.term
-            && (raft.state == StateRole::Leader
-                || (raft.state == StateRole::Follower && raft.leader_id != 0));
-        // Heard from the leader again (it was not gone after all).
-        let back = !rush.released && (raft.term != rush.term || raft.leader_id != rush.leader);
-        if settled || back || rush.left == 0 {
-            self.rush = None;
-            return;
-        }
-        if now < rush.next {
-            return;
-        }
-        if !rush.released {
-            // The lease is given up: this node now grants votes.
-            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
-            rush.released = true;
-        }
-        if !rush.campaign {
-            self.rush = None;
-            return;
-        }
-        // A candidate waits for its votes: campaigning again would start
-        // a new term and throw away the election under way.
-        if raft.state != StateRole::Candidate {
-            let _ = self.raw.campaign();
-        }
-        rush.next = now + RUSH_EVERY;
-        rush.left -= 1;
-        self.rush = Some(rush);
-    }
-
-    /// Whether this leader may serve reads alone now.
-    fn lease_holds(&self, now: Instant) -> bool {
-        let raft = &self.raw.raft;
-        self.opts.lease_reads
-            && raft.state == StateRole::Leader
-            && raft.lead_transferee.is_none()
-            && raft.commit_to_current_term()
-            && self
-                .lease
-                .is_some_and(|(term, until)| term == raft.term && now < until)
-    }
-
     fn track(&mut self, kind: PendingKind) {
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
@@ -409,62 +310,6 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         for (_, _, r) in late {
             r.resolve(Err(Error::Timeout));
         }
-    }
-
-    /// Sends all queued reads as one ReadIndex request.
-    fn flush_reads(&mut self) {
-        if self.read_queue.is_empty() {
-            return;
-        }
-        if self.raw.raft.leader_id == 0 {
-            for w in self.read_queue.drain(..) {
-                w.resolver.resolve(Err(Error::NotLeader { leader: None }));
-            }
-            return;
-        }
-        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
-            // raft-rs drops such requests; keep them until the leader's
-            // no-op entry commits (or they time out).
-            return;
-        }
-        let now = Instant::now();
-        if self.lease_holds(now) {
-            let index = self.raw.raft.raft_log.committed;
-            for w in std::mem::take(&mut self.read_queue) {
-                if self.applied >= index {
-                    w.resolver.resolve(Ok(index));
-                } else {
-                    self.read_waiting.entry(index).or_default().push(w.resolver);
-                }
-            }
-            // Renewed ahead of time by a round of its own while reads come.
-            let renewing = self
-                .rounds_sent
-                .values()
-                .any(|&(_, sent)| sent + self.opts.lease() / 2 > now);
-            if !renewing {
-                self.send_round(Vec::new());
-            }
-            return;
-        }
-        let batch = std::mem::take(&mut self.read_queue);
-        self.send_round(batch);
-    }
-
-    /// Sends one ReadIndex round for `batch`.
-    fn send_round(&mut self, batch: Vec<Waiter<u64>>) {
-        let ctx = self.next_ctx;
-        self.next_ctx += 1;
-        // The leader keys pending reads by context, so it must be unique
-        // across nodes and restarts: node id + a counter seeded by the clock.
-        let mut rctx = self.raw.raft.id.to_le_bytes().to_vec();
-        rctx.extend_from_slice(&ctx.to_le_bytes());
-        self.raw.read_index(rctx);
-        if self.opts.lease_reads && self.raw.raft.state == StateRole::Leader {
-            self.rounds_sent
-                .insert(ctx, (self.raw.raft.term, Instant::now()));
-        }
-        self.read_batches.insert(ctx, batch);
     }
 
     fn on_ready(&mut self) -> Result<()> {
@@ -596,48 +441,6 @@ impl<S: StateMachine, T: Transport> Driver<S, T> {
         }
         self.leader_id = leader;
         self.was_leader = is_leader;
-    }
-
-    fn read_ready(&mut self, index: u64, ctx: &[u8]) {
-        let Some(bytes) = ctx.get(8..16).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-            return;
-        };
-        let ctx = u64::from_le_bytes(bytes);
-        if let Some((term, sent)) = self.rounds_sent.remove(&ctx)
-            && self.raw.raft.state == StateRole::Leader
-            && self.raw.raft.term == term
-            && self.raw.raft.lead_transferee.is_none()
-        {
-            // A quorum acknowledged this leader after `sent`.
-            let until = sent + self.opts.lease();
-            let longer = self
-                .lease
-                .filter(|&(t, u)| t == term && u > until)
-                .map_or(until, |(_, u)| u);
-            self.lease = Some((term, longer));
-        }
-        let Some(batch) = self.read_batches.remove(&ctx) else {
-            return;
-        };
-        for w in batch {
-            if self.applied >= index {
-                w.resolver.resolve(Ok(index));
-            } else {
-                self.read_waiting.entry(index).or_default().push(w.resolver);
-            }
-        }
-    }
-
-    fn resolve_reads(&mut self) {
-        while let Some(entry) = self.read_waiting.first_entry() {
-            if *entry.key() > self.applied {
-                break;
-            }
-            let index = *entry.key();
-            for r in entry.remove() {
-                r.resolve(Ok(index));
-            }
-        }
     }
 
     fn restore(&mut self, snap: &Snapshot) -> Result<()> {
