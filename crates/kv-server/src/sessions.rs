@@ -7,6 +7,7 @@
 //! max_seq:u64be  last_ms:u64be  version:u8 (=2)  legacy_floor:u64be
 //! holes:u32be  (first:u64be last:u64be)*    request numbers in the window not applied
 //! recorded:u32be  seq:u64be*                 request numbers with an outcome record
+//! legacy_applied:u32be  seq:u64be*           legacy request numbers applied since
 //! ```
 //!
 //! The window is the last [`WINDOW`] request numbers up to `max_seq`. A
@@ -20,7 +21,8 @@
 //! Older builds wrote a 16-byte record (`max_seq`, `last_ms`) and an outcome
 //! record for every write: such a record reads as a session whose every
 //! request number up to `max_seq` is *legacy* (look for its outcome record;
-//! none means not applied), and the legacy range shrinks away as the window
+//! none means not applied, unless this build applied it since, which
+//! `legacy_applied` lists), and the legacy range shrinks away as the window
 //! moves past it.
 
 use crate::command::Outcome;
@@ -62,6 +64,9 @@ pub struct Session {
     /// Request numbers in the window whose outcome has its own record,
     /// sorted.
     recorded: Vec<u64>,
+    /// Legacy request numbers (at most `legacy_floor`) applied with outcome
+    /// `Ok` by this build, which wrote no outcome record for them; sorted.
+    legacy_applied: Vec<u64>,
 }
 
 impl Session {
@@ -83,7 +88,11 @@ impl Session {
             return Seen::Recorded;
         }
         if seq <= self.legacy_floor {
-            return Seen::Legacy;
+            return if self.legacy_applied.binary_search(&seq).is_ok() {
+                Seen::Applied
+            } else {
+                Seen::Legacy
+            };
         }
         if self.holes.iter().any(|&(a, b)| a <= seq && seq <= b) {
             Seen::New
@@ -104,6 +113,12 @@ impl Session {
             self.recorded.insert(at, seq);
         }
         if seq <= self.max_seq {
+            if seq <= self.legacy_floor
+                && !needs_record(outcome)
+                && let Err(at) = self.legacy_applied.binary_search(&seq)
+            {
+                self.legacy_applied.insert(at, seq);
+            }
             self.fill_hole(seq);
             return Vec::new();
         }
@@ -128,6 +143,8 @@ impl Session {
             if floor >= self.legacy_floor {
                 self.legacy_floor = 0;
             }
+            self.legacy_applied
+                .retain(|&s| s > floor && s <= self.legacy_floor);
         }
         forgotten
     }
@@ -153,7 +170,9 @@ impl Session {
     /// The stored record.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut r = Vec::with_capacity(33 + 16 * self.holes.len() + 8 * self.recorded.len());
+        let mut r = Vec::with_capacity(
+            37 + 16 * self.holes.len() + 8 * (self.recorded.len() + self.legacy_applied.len()),
+        );
         r.extend_from_slice(&self.max_seq.to_be_bytes());
         r.extend_from_slice(&self.last_ms.to_be_bytes());
         r.push(VERSION);
@@ -163,9 +182,11 @@ impl Session {
             r.extend_from_slice(&a.to_be_bytes());
             r.extend_from_slice(&b.to_be_bytes());
         }
-        put_len(&mut r, self.recorded.len());
-        for s in &self.recorded {
-            r.extend_from_slice(&s.to_be_bytes());
+        for list in [&self.recorded, &self.legacy_applied] {
+            put_len(&mut r, list.len());
+            for s in list {
+                r.extend_from_slice(&s.to_be_bytes());
+            }
         }
         r
     }
@@ -199,17 +220,23 @@ impl Session {
         for _ in 0..n {
             holes.push((r.u64()?, r.u64()?));
         }
-        let n = r.len()?;
-        let mut recorded = Vec::with_capacity(n);
-        for _ in 0..n {
-            recorded.push(r.u64()?);
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let n = r.len()?;
+            list.reserve(n);
+            for _ in 0..n {
+                list.push(r.u64()?);
+            }
         }
+        let [recorded, legacy_applied] = lists;
         if !r.0.is_empty() {
             return Err("client session record with trailing bytes".into());
         }
         let sorted = holes.windows(2).all(|w| w[0].1 < w[1].0)
             && holes.iter().all(|(a, b)| a <= b && *b <= max_seq)
-            && recorded.windows(2).all(|w| w[0] < w[1]);
+            && recorded.windows(2).all(|w| w[0] < w[1])
+            && legacy_applied.windows(2).all(|w| w[0] < w[1])
+            && legacy_applied.iter().all(|&s| s <= legacy_floor);
         if !sorted || legacy_floor > max_seq {
             return Err("client session record out of order".into());
         }
@@ -219,6 +246,7 @@ impl Session {
             legacy_floor,
             holes,
             recorded,
+            legacy_applied,
         })
     }
 }
@@ -274,7 +302,7 @@ mod tests {
             assert_eq!(s.check(seq), Seen::New);
             assert!(s.applied(seq, 7, &Outcome::Ok).is_empty());
         }
-        assert_eq!(s.encode().len(), 33);
+        assert_eq!(s.encode().len(), 37);
         assert_eq!(s.check(3000), Seen::Applied);
         assert_eq!(s.check(3000 - WINDOW + 1), Seen::Applied);
         assert_eq!(s.check(3000 - WINDOW), Seen::Stale);
@@ -318,6 +346,12 @@ mod tests {
         assert_eq!((s.max_seq, s.last_ms), (10, 99));
         assert_eq!(s.check(4), Seen::Legacy);
         assert_eq!(s.check(11), Seen::New);
+        // A legacy request without an outcome record was not applied; once
+        // this build applies it, a retry is a duplicate.
+        s.applied(4, 0, &Outcome::Ok);
+        assert_eq!(s.check(4), Seen::Applied);
+        let s2 = Session::decode(&s.encode()).unwrap();
+        assert_eq!(s2.check(4), Seen::Applied);
         let mut forgotten = Vec::new();
         for seq in 11..=WINDOW + 20 {
             forgotten.extend(s.applied(seq, 0, &Outcome::Ok));
