@@ -90,6 +90,30 @@ pub enum Cmd {
     /// Apply `put KEY VALUE` / `delete KEY` lines from FILE (or stdin)
     /// atomically.
     Batch { file: Option<String> },
+    /// Keys whose value contains every word (case-insensitive, Unicode
+    /// words), one per line, best match first (nodes run `kvd --search`).
+    Search {
+        #[arg(required = true, num_args = 1..)]
+        words: Vec<String>,
+        /// At most this many keys (default 100, at most 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Keys whose values are nearest in meaning to TEXT, `KEY<TAB>SCORE`
+    /// per line (cosine in [-1, 1]), best first.
+    Similar {
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// At most this many keys (default 10, at most 1000).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Print the status of every endpoint.
     Status,
     /// Read commands from stdin, one result line each.

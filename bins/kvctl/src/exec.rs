@@ -274,6 +274,42 @@ async fn execute(client: &Client, cmd: Cmd, json: bool) -> Result<Rendered, Rend
             client.batch(ops).await.map_err(fail)?;
             ok()
         }
+        Cmd::Search {
+            words,
+            limit,
+            prefix,
+        } => {
+            if limit == Some(0) {
+                return Err(Rendered::usage(json, "--limit must be positive"));
+            }
+            let hits = client
+                .search(
+                    &words.join(" "),
+                    prefix.unwrap_or_default(),
+                    limit.unwrap_or(0),
+                )
+                .await
+                .map_err(fail)?;
+            hits_rendered(json, &hits, false)
+        }
+        Cmd::Similar {
+            text,
+            top_k,
+            prefix,
+        } => {
+            if top_k == Some(0) {
+                return Err(Rendered::usage(json, "--top-k must be positive"));
+            }
+            let hits = client
+                .similar(
+                    &text.join(" "),
+                    prefix.unwrap_or_default(),
+                    top_k.unwrap_or(0),
+                )
+                .await
+                .map_err(fail)?;
+            hits_rendered(json, &hits, true)
+        }
         Cmd::Status => status(client, json).await,
         Cmd::Member { what } => crate::admin::member(client, what, json).await?,
         Cmd::Snapshot { what } => crate::admin::snapshot(client, what, json).await?,
@@ -287,6 +323,25 @@ async fn execute(client: &Client, cmd: Cmd, json: bool) -> Result<Rendered, Rend
             return Err(Rendered::usage(json, "not available here"));
         }
     })
+}
+
+/// Search results: keys (with `KEY<TAB>SCORE` when `scores`), or
+/// `{"ok":true,"hits":[{"key":..,"score":..}]}`.
+fn hits_rendered(json: bool, hits: &[(Bytes, f64)], scores: bool) -> Rendered {
+    let mut plain = Vec::with_capacity(hits.len());
+    let mut list = Vec::with_capacity(hits.len());
+    for (k, score) in hits {
+        let mut obj = Map::new();
+        put_bytes(&mut obj, "key", k);
+        obj.insert("score".into(), json!(score));
+        list.push(Value::Object(obj));
+        if scores {
+            plain.push(line(&[k, format!("\t{score:.6}").as_bytes()]));
+        } else {
+            plain.push(k.to_vec());
+        }
+    }
+    Rendered::ok_json(json, json!({"ok": true, "hits": list}), plain)
 }
 
 async fn status(client: &Client, json: bool) -> Rendered {

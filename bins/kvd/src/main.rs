@@ -113,6 +113,12 @@ struct Args {
     /// clocks run at rates within 20% of each other; off by default.
     #[arg(long)]
     lease_reads: bool,
+    /// Keep a full-text and similarity index of the values in
+    /// <data-dir>/search and serve `kvctl search` / `kvctl similar`.
+    /// Indexing runs behind the applied log on a thread of its own and
+    /// costs far more than a plain write; off by default.
+    #[arg(long)]
+    search: bool,
     /// Take a raft snapshot (and compact the log) after this many applied
     /// entries.
     #[arg(long, hide = true)]
@@ -172,6 +178,7 @@ fn config(args: &Args) -> Result<Config> {
     config.join.clone_from(&args.join);
     config.restore.clone_from(&args.restore);
     config.raft.lease_reads = args.lease_reads;
+    config.search = args.search;
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
     }

@@ -47,7 +47,9 @@ impl Role {
     #[must_use]
     pub fn needed_for(cmd: &Cmd) -> Role {
         match cmd {
-            Cmd::Get(_) | Cmd::Range(_) | Cmd::Status(_) => Role::Read,
+            Cmd::Get(_) | Cmd::Range(_) | Cmd::Status(_) | Cmd::Search(_) | Cmd::Similar(_) => {
+                Role::Read
+            }
             Cmd::Put(_) | Cmd::Delete(_) | Cmd::Cas(_) | Cmd::Batch(_) => Role::Write,
             _ => Role::Admin,
         }

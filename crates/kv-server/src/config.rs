@@ -63,6 +63,10 @@ pub struct Config {
     /// Client tokens with roles (`kvd --auth-file`); `None`: requests are
     /// not authenticated.
     pub tokens: Option<crate::auth::Tokens>,
+    /// Keep a search index of the values in `<data-dir>/search` and serve
+    /// `Search` / `Similar` (`kvd --search`); off by default: indexing costs
+    /// far more than a plain write.
+    pub search: bool,
 }
 
 impl Config {
@@ -91,6 +95,7 @@ impl Config {
                 kv_net::DEFAULT_MAX_FRAME_LENGTH,
             ),
             tokens: None,
+            search: false,
         }
     }
 

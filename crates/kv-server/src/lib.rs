@@ -27,6 +27,10 @@
 //!   traffic.
 //! - [`membership`]: the replicated address book and the membership
 //!   requests (add, promote, remove, leader transfer).
+//! - [`search`]: `kvd --search`: the kv-search index of the values, fed
+//!   by the state machine to a thread of its own, and the `Search` /
+//!   `Similar` requests (linearizable: read index, then the index catches
+//!   up).
 //! - [`metrics`]: [`Metrics`], the node's Prometheus registry (SPEC
 //!   section 9's names).
 //! - [`server`]: [`Server`] / [`run`]: one node, from data directory to
@@ -65,6 +69,7 @@ mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod proposer;
+pub mod search;
 pub mod server;
 pub mod service;
 pub mod sessions;

@@ -11,6 +11,7 @@
 //!                      bootstrap (derived from the initial members)
 //! <data-dir>/raft/     kv-raft's log store (the write-ahead log)
 //! <data-dir>/kv/       the engine (see `store`)
+//! <data-dir>/search/   the search index, with `--search` (see `search`)
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,6 +40,10 @@ use crate::transport::{HandleCell, PeerTransport};
 /// for its own removal.
 const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a stopping node lets the search indexer apply what is queued
+/// (a slower one is rebuilt at the next start).
+const SEARCH_STOP_WITHIN: Duration = Duration::from_secs(5);
+
 /// A started node, ready to serve.
 #[derive(Debug)]
 pub struct Server {
@@ -53,6 +58,7 @@ pub struct Server {
     members: BTreeMap<u64, String>,
     cluster_id: u64,
     metrics: crate::Metrics,
+    search: Option<Arc<crate::search::Indexer>>,
     _lock: File,
 }
 
@@ -166,7 +172,21 @@ impl Server {
                     .map_err(join_error)??,
             )
         };
-        let sm = KvStateMachine::open(store.clone())?;
+        let mut sm = KvStateMachine::open(store.clone())?;
+        let search = if config.search {
+            use kv_raft::StateMachine as _;
+            let (indexer, feed) = crate::search::Indexer::start(
+                dir.join("search"),
+                store.clone(),
+                sm.applied_index(),
+            )
+            .map_err(|e| Error::io("<search indexer thread>", e))?;
+            sm.set_search_feed(feed);
+            tracing::info!(dir = %indexer.dir().display(), "search over values is enabled");
+            Some(indexer)
+        } else {
+            None
+        };
         let metrics = crate::Metrics::new();
         metrics.watch_store(store.clone());
         metrics.watch_listener(listener.counters());
@@ -211,14 +231,16 @@ impl Server {
             // A single node need not wait for an election timeout.
             drop(handle.campaign());
         }
-        let service = Arc::new(KvService::new(
+        let mut service = KvService::new(
             &config,
             handle,
             store.clone(),
             members.clone(),
             cluster_id,
             metrics.clone(),
-        ));
+        );
+        service.search.clone_from(&search);
+        let service = Arc::new(service);
         let weak = Arc::downgrade(&service);
         metrics.watch_pending(move || weak.upgrade().map_or(0, |s| s.writes_pending()));
         match &config.net.server_tls {
@@ -264,6 +286,7 @@ impl Server {
             members,
             cluster_id,
             metrics,
+            search,
             _lock: lock,
         })
     }
@@ -377,8 +400,12 @@ impl Server {
             }
             Ok(()) => Ok(()),
         };
-        let store = self.store;
+        let (store, search) = (self.store, self.search);
         tokio::task::spawn_blocking(move || {
+            // The raft thread has stopped: nothing more is fed.
+            if let Some(indexer) = search {
+                indexer.stop(SEARCH_STOP_WITHIN);
+            }
             if let Err(e) = store.current().db().flush() {
                 tracing::warn!(error = %e, "flush on shutdown failed");
             }

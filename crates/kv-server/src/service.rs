@@ -59,6 +59,8 @@ pub struct KvService {
     proposer: Proposer,
     tokens: Option<crate::auth::Tokens>,
     metrics: crate::Metrics,
+    /// The search index (`kvd --search`).
+    pub(crate) search: Option<Arc<crate::search::Indexer>>,
 }
 
 /// What a failed raft call means for the client.
@@ -145,6 +147,7 @@ impl KvService {
             proposer: Proposer::start(handle.clone(), write_limits(config)),
             tokens: config.tokens.clone(),
             metrics,
+            search: None,
         }
     }
 
@@ -334,19 +337,20 @@ impl KvService {
         }
     }
 
-    /// Waits until a linearizable read may be served locally.
+    /// Waits until a linearizable read may be served locally; returns its
+    /// read index (0 for a serializable read).
     pub(crate) async fn read_barrier(
         &self,
         serializable: bool,
         deadline: TokioInstant,
-    ) -> Result<(), Response> {
+    ) -> Result<u64, Response> {
         if serializable {
-            return Ok(());
+            return Ok(0);
         }
         match tokio::time::timeout_at(deadline, self.handle.read_index()).await {
             Err(_) => Err(timeout_response(false)),
             Ok(Err(e)) => Err(raft_error(self, &e, false)),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(index)) => Ok(index),
         }
     }
 
@@ -506,6 +510,9 @@ impl KvService {
             Some(request::Cmd::Get(g)) => return self.get(g, deadline).await,
             Some(request::Cmd::Range(q)) => return self.range(q, deadline).await,
             Some(request::Cmd::Status(_)) => return self.status().await,
+            Some(cmd @ (request::Cmd::Search(_) | request::Cmd::Similar(_))) => {
+                return self.search_request(cmd, deadline).await;
+            }
             Some(
                 cmd @ (request::Cmd::MemberList(_)
                 | request::Cmd::MemberAdd(_)
@@ -650,6 +657,8 @@ fn op_name(cmd: Option<&request::Cmd>) -> &'static str {
         Some(request::Cmd::Range(_)) => "range",
         Some(request::Cmd::Batch(_)) => "batch",
         Some(request::Cmd::Status(_)) => "status",
+        Some(request::Cmd::Search(_)) => "search",
+        Some(request::Cmd::Similar(_)) => "similar",
         Some(request::Cmd::MemberList(_)) => "member_list",
         Some(request::Cmd::MemberAdd(_)) => "member_add",
         Some(request::Cmd::MemberPromote(_)) => "member_promote",

@@ -144,6 +144,8 @@ pub struct KvStateMachine {
     applied: u64,
     applied_term: u64,
     sessions: SessionCache,
+    /// Where the user changes of applied entries go (`kvd --search`).
+    search: Option<crate::search::IndexFeed>,
 }
 
 /// The applied index and term recorded in `db` (zeros when none).
@@ -200,7 +202,14 @@ impl KvStateMachine {
             applied,
             applied_term,
             sessions: SessionCache::default(),
+            search: None,
         })
+    }
+
+    /// Hands the user changes of every entry applied from now on (and a
+    /// rebuild after each snapshot install) to `feed`.
+    pub fn set_search_feed(&mut self, feed: crate::search::IndexFeed) {
+        self.search = Some(feed);
     }
 
     /// The store the state machine writes to.
@@ -374,9 +383,16 @@ impl StateMachine for KvStateMachine {
                 }
             }
         };
+        let user = self
+            .search
+            .as_ref()
+            .map(|_| crate::search::user_changes(&view.pending));
         let (mut batch, changed) = view.finish();
         batch.put(keys::APPLIED, applied_record(index, term));
         generation.db().write(batch)?;
+        if let (Some(feed), Some(user)) = (&self.search, user) {
+            feed.entry(index, user);
+        }
         // Only once the batch is in: a failed write leaves the cache as
         // the engine is.
         for (id, session) in changed {
@@ -447,6 +463,9 @@ impl StateMachine for KvStateMachine {
         db.write(batch)?;
         self.applied = index;
         self.applied_term = term;
+        if let Some(feed) = &self.search {
+            feed.rebuild();
+        }
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ mod peer_secret;
 mod peer_tls;
 mod peer_wire;
 mod restart;
+mod search;
 mod snapshot_catch_up;
 mod startup_errors;
 mod startup_signal;
