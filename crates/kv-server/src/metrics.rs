@@ -19,6 +19,8 @@ use prometheus::{
     Registry,
 };
 
+use kv_net::proto;
+
 use crate::store::Store;
 
 /// Request latency buckets, in seconds: 100 µs to 10 s.
@@ -357,6 +359,49 @@ impl Collector for GatherTime {
         }
         out.extend(pending.collect());
         out
+    }
+}
+
+/// The `op` label of a request's command.
+pub(crate) fn op_name(cmd: Option<&proto::request::Cmd>) -> &'static str {
+    match cmd {
+        Some(proto::request::Cmd::Put(_)) => "put",
+        Some(proto::request::Cmd::Get(_)) => "get",
+        Some(proto::request::Cmd::Delete(_)) => "delete",
+        Some(proto::request::Cmd::Cas(_)) => "cas",
+        Some(proto::request::Cmd::Range(_)) => "range",
+        Some(proto::request::Cmd::Batch(_)) => "batch",
+        Some(proto::request::Cmd::Status(_)) => "status",
+        Some(proto::request::Cmd::Search(_)) => "search",
+        Some(proto::request::Cmd::Similar(_)) => "similar",
+        Some(proto::request::Cmd::MemberList(_)) => "member_list",
+        Some(proto::request::Cmd::MemberAdd(_)) => "member_add",
+        Some(proto::request::Cmd::MemberPromote(_)) => "member_promote",
+        Some(proto::request::Cmd::MemberRemove(_)) => "member_remove",
+        Some(proto::request::Cmd::LeaderTransfer(_)) => "leader_transfer",
+        Some(
+            proto::request::Cmd::SnapshotSave(_)
+            | proto::request::Cmd::SnapshotRead(_)
+            | proto::request::Cmd::SnapshotRelease(_),
+        ) => "snapshot",
+        _ => "unknown",
+    }
+}
+
+/// The `result` label of an answer: `ok`, or its error code in lower case.
+pub(crate) fn result_name(response: &proto::Response) -> &'static str {
+    let Some(proto::response::Result::Error(e)) = &response.result else {
+        return "ok";
+    };
+    match e.code.enum_value_or_default() {
+        proto::ErrorCode::NOT_LEADER => "not_leader",
+        proto::ErrorCode::TIMEOUT => "timeout",
+        proto::ErrorCode::INVALID_ARGUMENT => "invalid_argument",
+        proto::ErrorCode::UNAVAILABLE => "unavailable",
+        proto::ErrorCode::COMPARE_FAILED => "compare_failed",
+        proto::ErrorCode::INTERNAL => "internal",
+        proto::ErrorCode::PERMISSION_DENIED => "permission_denied",
+        proto::ErrorCode::UNKNOWN => "unknown",
     }
 }
 

@@ -543,9 +543,9 @@ impl Service for KvService {
 
     async fn handle(&self, request: Request) -> Response {
         let started = std::time::Instant::now();
-        let op = op_name(request.cmd.as_ref());
+        let op = crate::metrics::op_name(request.cmd.as_ref());
         let response = self.serve(request).await.unwrap_or_else(|e| e);
-        let (result, took) = (result_name(&response), started.elapsed());
+        let (result, took) = (crate::metrics::result_name(&response), started.elapsed());
         self.metrics.request(op, result, took);
         if took >= SLOW_REQUEST {
             tracing::warn!(op, result, took_ms = took.as_millis(), "slow request");
@@ -643,53 +643,10 @@ impl Service for KvService {
     }
 }
 
-/// The acknowledgement owed for a data chunk: only the last one gets one.
 /// Requests that take longer are logged (with their command and result).
 const SLOW_REQUEST: Duration = Duration::from_secs(1);
 
-/// The `op` label of a request's command.
-fn op_name(cmd: Option<&request::Cmd>) -> &'static str {
-    match cmd {
-        Some(request::Cmd::Put(_)) => "put",
-        Some(request::Cmd::Get(_)) => "get",
-        Some(request::Cmd::Delete(_)) => "delete",
-        Some(request::Cmd::Cas(_)) => "cas",
-        Some(request::Cmd::Range(_)) => "range",
-        Some(request::Cmd::Batch(_)) => "batch",
-        Some(request::Cmd::Status(_)) => "status",
-        Some(request::Cmd::Search(_)) => "search",
-        Some(request::Cmd::Similar(_)) => "similar",
-        Some(request::Cmd::MemberList(_)) => "member_list",
-        Some(request::Cmd::MemberAdd(_)) => "member_add",
-        Some(request::Cmd::MemberPromote(_)) => "member_promote",
-        Some(request::Cmd::MemberRemove(_)) => "member_remove",
-        Some(request::Cmd::LeaderTransfer(_)) => "leader_transfer",
-        Some(
-            request::Cmd::SnapshotSave(_)
-            | request::Cmd::SnapshotRead(_)
-            | request::Cmd::SnapshotRelease(_),
-        ) => "snapshot",
-        _ => "unknown",
-    }
-}
-
-/// The `result` label of an answer: `ok`, or its error code in lower case.
-fn result_name(response: &Response) -> &'static str {
-    let Some(proto::response::Result::Error(e)) = &response.result else {
-        return "ok";
-    };
-    match e.code.enum_value_or_default() {
-        ErrorCode::NOT_LEADER => "not_leader",
-        ErrorCode::TIMEOUT => "timeout",
-        ErrorCode::INVALID_ARGUMENT => "invalid_argument",
-        ErrorCode::UNAVAILABLE => "unavailable",
-        ErrorCode::COMPARE_FAILED => "compare_failed",
-        ErrorCode::INTERNAL => "internal",
-        ErrorCode::PERMISSION_DENIED => "permission_denied",
-        ErrorCode::UNKNOWN => "unknown",
-    }
-}
-
+/// The acknowledgement owed for a data chunk: only the last one gets one.
 fn msg_ack(chunk: &SnapshotChunk) -> Option<SnapshotChunk> {
     chunk.last.then(|| kv_net::snapshot::snapshot_ack(chunk))
 }
