@@ -5,14 +5,20 @@ use std::time::Duration;
 
 use kv_client::{Client, Options, RangeQuery};
 
-use crate::common::{Cluster, Proxy, free_ports, serial};
+use crate::common::{Cluster, Proxy, serial};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_cannot_commit_and_all_converge_after_healing() {
     let _serial = serial();
-    let listens: Vec<String> = free_ports(3)
-        .into_iter()
-        .map(|p| format!("127.0.0.1:{p}"))
+    // The nodes' ports stay bound until the proxies have theirs: a port
+    // released at once could be handed to a proxy's listener, and the node
+    // meant for it would fail to start ("address already in use").
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    let listens: Vec<String> = held
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("local addr").port()))
         .collect();
     // proxies[i][j]: the link from node i to node j.
     let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
@@ -39,6 +45,7 @@ async fn minority_cannot_commit_and_all_converge_after_healing() {
         .collect();
     // Each node names the others by its own proxies: the cluster id comes
     // from a shared token instead of the (differing) address lists.
+    drop(held);
     let mut c = Cluster::with_peers(listens, peers, &["--cluster-token", "partition"]);
     c.start_all();
     let old = c.wait_leader(Duration::from_secs(20)).await;
