@@ -317,3 +317,93 @@ pub async fn cas(State(gw): State<Gateway>, headers: HeaderMap, raw: Body) -> An
         }
     })
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: Option<String>,
+    /// `/search`: most keys (0 or absent: the server's default, 100).
+    limit: Option<usize>,
+    /// `/similar`: how many nearest values (0 or absent: 10).
+    k: Option<usize>,
+    prefix: Option<String>,
+    prefix_base64: Option<String>,
+    #[serde(default)]
+    serializable: bool,
+}
+
+/// The search kinds of SPEC section 11.
+#[derive(Clone, Copy)]
+enum SearchKind {
+    Words,
+    Similar,
+}
+
+/// `GET /search?q=WORDS[&limit=N&prefix=P&serializable=true]` →
+/// `{"ok":true,"hits":[{"key":..,"score":..}]}`, best first (BM25).
+pub async fn search(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    search_like(gw, headers, q, SearchKind::Words).await
+}
+
+/// `GET /similar?q=TEXT[&k=K&prefix=P&serializable=true]` →
+/// `{"ok":true,"hits":[{"key":..,"score":..}]}`, best first (cosine
+/// similarity in [-1, 1]).
+pub async fn similar(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    search_like(gw, headers, q, SearchKind::Similar).await
+}
+
+async fn search_like(
+    gw: Gateway,
+    headers: HeaderMap,
+    q: Option<String>,
+    kind: SearchKind,
+) -> Answer {
+    let token = bearer(&headers)?;
+    let q: SearchQuery = query(q.as_deref())?;
+    let (count, other) = match kind {
+        SearchKind::Words => (q.limit, q.k.map(|_| "k")),
+        SearchKind::Similar => (q.k, q.limit.map(|_| "limit")),
+    };
+    if let Some(name) = other {
+        return Err(ApiError::invalid(format!(
+            "{name} is not a parameter of this route (/search takes limit, /similar takes k)"
+        )));
+    }
+    let text = q
+        .q
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ApiError::invalid("q (the query text) is required and must not be empty"))?;
+    let prefix = match (q.prefix, q.prefix_base64) {
+        (None, None) => Vec::new(),
+        (p, b64) => take_bytes(p, b64, "prefix")?,
+    };
+    let opts = kv_client::SearchOptions {
+        prefix: prefix.into(),
+        limit: count.unwrap_or(0),
+        serializable: Some(q.serializable),
+    };
+    let client = gw.client(token.as_deref(), q.serializable);
+    let hits = match kind {
+        SearchKind::Words => client.search_with(&text, &opts).await,
+        SearchKind::Similar => client.similar_with(&text, &opts).await,
+    }
+    .map_err(|e| ApiError::from_client(&e, token.is_some()))?;
+    let list: Vec<Value> = hits
+        .iter()
+        .map(|(k, score)| {
+            let mut m = Map::new();
+            put_bytes(&mut m, "key", k);
+            m.insert("score".to_owned(), json!(score));
+            Value::Object(m)
+        })
+        .collect();
+    Ok(ok(json!({ "hits": list })))
+}

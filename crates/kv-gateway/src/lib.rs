@@ -9,7 +9,7 @@
 //! # Layout
 //!
 //! - [`api`]: the data routes (`/put`, `/batchput`, `/get`, `/delete`,
-//!   `/range`, `/cas`), JSON in and out, with bounded, validated input.
+//!   `/range`, `/cas`, `/search`, `/similar`), JSON in and out, with bounded, validated input.
 //! - [`reply`]: how an outcome becomes a status code and a JSON body
 //!   (definite failures 503, unknown outcomes 504, bad input 400).
 //! - [`health`]: `/livez`, `/readyz`, `/raft/status`, `/metrics`.
@@ -196,6 +196,8 @@ impl Gateway {
             .route("/delete", delete(api::delete))
             .route("/range", get(api::range))
             .route("/cas", post(api::cas))
+            .route("/search", get(api::search))
+            .route("/similar", get(api::similar))
             .route("/raft/status", get(health::raft_status))
             .route("/metrics", get(health::metrics))
             .route("/livez", get(health::livez))

@@ -377,6 +377,18 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     assert_eq!(v["leader_id"], json!(c.nodes[leader].id), "{v}");
     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
 
+    // Search on nodes started without --search: a definite 503 that says so.
+    let a = get(&format!("{fb}/search?q=anything"));
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(
+        a.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("kvd --search")),
+        "{}",
+        a.body
+    );
+    assert_eq!(a.json()["definite"], true, "{}", a.body);
+
     // Without a quorum: not ready, writes fail definitely or unknown, never OK.
     for i in 0..3 {
         if i != follower {
@@ -388,6 +400,96 @@ async fn every_route_through_a_follower_with_metrics_that_count() {
     let a = post(&format!("{fb}/put"), &json!({"key": "q", "value": "1"}));
     assert!([503, 504].contains(&a.status), "{} {}", a.status, a.body);
     assert_eq!(a.json()["definite"], json!(a.status == 503), "{}", a.body);
+}
+
+/// The keys of a `/search` or `/similar` answer, in order, and their scores.
+fn hits(a: &Answer) -> Vec<(String, f64)> {
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["ok"], true, "{v}");
+    v["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits: {v}"))
+        .iter()
+        .map(|h| {
+            let key = h["key"].as_str().unwrap_or_else(|| panic!("{h}"));
+            let score = h["score"].as_f64().unwrap_or_else(|| panic!("{h}"));
+            (key.to_owned(), score)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_routes_through_a_follower() {
+    let _serial = serial();
+    let (mut c, bases) = http_cluster(3, &["--search"]);
+    let leader = c.wait_leader(Duration::from_secs(20)).await;
+    let fb = bases[(leader + 1) % 3].clone();
+    wait_status(&fb, "/readyz", 200, Duration::from_secs(10));
+    let texts = [
+        ("doc:1", "the quick brown fox jumps over the lazy dog"),
+        ("doc:2", "a lazy afternoon in the sun"),
+        ("doc:3", "replicated logs elect a leader by majority vote"),
+        ("note:1", "lazy dogs and quick foxes"),
+        ("doc:4", "Straße und Brücke"),
+    ];
+    for (k, v) in texts {
+        let a = post(&format!("{fb}/put"), &json!({"key": k, "value": v}));
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    // Linearizable by default: every write acknowledged above is found,
+    // best match first, through a follower.
+    let got = hits(&get(&format!("{fb}/search?q=lazy")));
+    let mut keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(got.windows(2).all(|w| w[0].1 >= w[1].1), "{got:?}");
+    keys.sort_unstable();
+    assert_eq!(keys, ["doc:1", "doc:2", "note:1"]);
+    let got = hits(&get(&format!("{fb}/search?q=LAZY%20quick&prefix=doc:")));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "doc:1");
+    assert_eq!(hits(&get(&format!("{fb}/search?q=lazy&limit=2"))).len(), 2);
+    let got = hits(&get(&format!("{fb}/search?q=STRASSE")));
+    assert_eq!(
+        got.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
+        ["doc:4"]
+    );
+    assert!(hits(&get(&format!("{fb}/search?q=nothinghere"))).is_empty());
+    let a = get(&format!("{fb}/search?q=lazy&serializable=true"));
+    assert!(!hits(&a).is_empty(), "{}", a.body);
+
+    // Similar: the near duplicate first, cosine scores in [-1, 1].
+    let got = hits(&get(&format!(
+        "{fb}/similar?q=a%20quick%20brown%20fox%20jumped%20over%20lazy%20dogs&k=3"
+    )));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, "doc:1", "{got:?}");
+    assert!(got.iter().all(|h| (-1.0..=1.0).contains(&h.1)), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].1 >= w[1].1), "{got:?}");
+    let got = hits(&get(&format!(
+        "{fb}/similar?q=lazy%20dogs&k=1&prefix=note:"
+    )));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "note:1");
+
+    // Bad input: 400 with the gateway's error shape, nothing else happens.
+    for bad in [
+        "/search",
+        "/search?q=",
+        "/search?q=...",
+        "/search?q=lazy&k=3",
+        "/similar?q=lazy&limit=3",
+        "/search?q=lazy&limit=x",
+        "/search?q=lazy&bogus=1",
+        "/similar?q=%20",
+    ] {
+        let a = get(&format!("{fb}{bad}"));
+        assert_eq!(a.status, 400, "{bad}: {}", a.body);
+        assert_eq!(a.json()["ok"], false, "{bad}: {}", a.body);
+        assert!(a.json()["error"].is_string(), "{bad}: {}", a.body);
+    }
+    for n in &mut c.nodes {
+        assert_eq!(n.stop(), Some(0), "node {}", n.id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
