@@ -12,6 +12,7 @@ Example::
         c.put("user:1", "Jane")
         c.get("user:1")                      # b'Jane'
         c.range(prefix="user:")              # [(b'user:1', b'Jane')]
+        c.search("jane", prefix="user:")     # [(b'user:1', score)] (kvd --search)
 
 Every error is a :class:`FlashKVError`; ``err.definite`` is true when the
 operation was certainly not applied, false (:class:`UnknownOutcome`) when it

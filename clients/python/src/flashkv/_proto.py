@@ -37,6 +37,10 @@ Range = _message("Range")
 Batch = _message("Batch")
 BatchOp = _message("BatchOp")
 Status = _message("Status")
+Search = _message("Search")
+Similar = _message("Similar")
+ScoredKey = _message("ScoredKey")
+SearchResult = _message("SearchResult")
 
 #: ErrorCode name -> number, e.g. ``ERROR_CODE["NOT_LEADER"] == 1``.
 ERROR_CODE = _enum("ErrorCode")
@@ -59,6 +63,10 @@ __all__ = [
     "Batch",
     "BatchOp",
     "Status",
+    "Search",
+    "Similar",
+    "ScoredKey",
+    "SearchResult",
     "ERROR_CODE",
     "ERROR_NAME",
     "ROLE_NAME",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from . import _proto
 from .connection import DEFAULT_MAX_FRAME_LENGTH, split_endpoint
@@ -303,6 +303,67 @@ class Client:
             del out[limit:]
         return out
 
+    def search(
+        self,
+        query: str,
+        prefix: BytesLike = b"",
+        limit: int = 0,
+        serializable: Optional[bool] = None,
+    ) -> list[tuple[bytes, float]]:
+        """Keys whose value contains every word of ``query`` (Unicode
+        words, case folded), best first by BM25 score (ties by key), with
+        their scores; only keys starting with ``prefix`` (empty: all), at
+        most ``limit`` of them (0: the server's default, 100; the server
+        answers at most 1000). A value that is not UTF-8 or has no word is
+        never found.
+
+        Served by nodes started with ``kvd --search``. Linearizable (it
+        reflects every write acknowledged before it began) unless
+        ``serializable`` (a possibly stale answer from the node's own
+        index). ``None`` is linearizable too: unlike kv-client, this client
+        has no client-wide ``serializable`` option to fall back on.
+
+        Raises:
+            InvalidArgument: ``query`` has no word (the server says so), or
+                ``limit`` is negative.
+            Unavailable: no node could serve it; a node without ``--search``
+                says "search is not enabled on this node (kvd --search)".
+            FlashKVError: every failure of a read is definite.
+            TypeError: ``query`` is not a ``str`` (nothing is sent).
+        """
+        req = _proto.Request()
+        req.search.query = _text(query, "query")
+        req.search.prefix = as_bytes(prefix, "prefix")
+        req.search.limit = _count(limit, "limit")
+        req.search.serializable = bool(serializable)
+        return self._search_call(req, "search", req.search.serializable)
+
+    def similar(
+        self,
+        text: str,
+        prefix: BytesLike = b"",
+        top_k: int = 0,
+        serializable: Optional[bool] = None,
+    ) -> list[tuple[bytes, float]]:
+        """The ``top_k`` keys (0: the server's default, 10; at most 1000)
+        whose values are nearest in meaning to ``text``, best first (ties by
+        key), with their cosine similarity in [-1, 1]; only keys starting
+        with ``prefix`` (empty: all). As :meth:`search` otherwise.
+
+        Raises:
+            InvalidArgument: ``text`` has no word (the server says so), or
+                ``top_k`` is negative.
+            Unavailable: as for :meth:`search`.
+            FlashKVError: every failure of a read is definite.
+            TypeError: ``text`` is not a ``str`` (nothing is sent).
+        """
+        req = _proto.Request()
+        req.similar.text = _text(text, "text")
+        req.similar.prefix = as_bytes(prefix, "prefix")
+        req.similar.top_k = _count(top_k, "top_k")
+        req.similar.serializable = bool(serializable)
+        return self._search_call(req, "similar", req.similar.serializable)
+
     def status(self, endpoint: Optional[str] = None) -> NodeStatus:
         """The status of the node at ``endpoint`` (one attempt), or, without
         one, of the first of the client's endpoints that answers.
@@ -343,6 +404,12 @@ class Client:
 
     # ------------------------------------------------------------ internals ---
 
+    def _search_call(self, req: Any, what: str, serializable: bool) -> list[tuple[bytes, float]]:
+        resp = self._t.execute(req, write=False, serializable=serializable)
+        if resp.WhichOneof("result") != "search":
+            raise ProtocolError(f"unexpected response to {what}: {resp.WhichOneof('result')}")
+        return [(bytes(h.key), h.score) for h in resp.search.hits]
+
     def _status(self, endpoint: str, deadline: float) -> NodeStatus:
         req = _proto.Request()
         req.status.SetInParent()
@@ -366,3 +433,18 @@ class Client:
             applied_index=s.applied_index,
             leader_addr=s.leader_addr,
         )
+
+
+def _text(x: str, what: str) -> str:
+    """``x``, which must be a ``str``: queries are text, not bytes."""
+    if not isinstance(x, str):
+        raise TypeError(f"{what} must be str, not {type(x).__name__}")
+    return x
+
+
+def _count(n: int, what: str) -> int:
+    """A result count for the wire: at least 0 (0: the server's default),
+    capped at what a ``uint32`` holds (the server caps it further)."""
+    if n < 0:
+        raise InvalidArgument(f"{what} must not be negative")
+    return min(n, 0xFFFFFFFF)

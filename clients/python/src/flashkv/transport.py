@@ -3,7 +3,8 @@ retries, definite vs unknown outcomes (a port of crates/kv-client's
 ``execute`` to Python threads). :class:`~flashkv.Client` builds the
 requests; :class:`Transport` runs them.
 
-- Reads (``get``, ``range``, ``status``) are retried freely.
+- Reads (``get``, ``range``, ``search``, ``similar``, ``status``) are
+  retried freely.
 - Writes carry this client's random id and a fresh request number; the
   server applies a write at most once per ``(client_id, seq)``, so a write
   is retried with the same number even after an attempt whose outcome is
