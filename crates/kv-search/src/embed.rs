@@ -1,6 +1,6 @@
 //! Turning a value into a vector for similarity search.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -83,7 +83,9 @@ impl Embedder for NgramEmbedder {
     }
 
     fn embed(&self, text: &str) -> Vec<f32> {
-        let mut tf: HashMap<String, u32> = HashMap::new();
+        // Ordered, so that the float sums run in one order and the same
+        // text always gets the same vector, bit for bit.
+        let mut tf: BTreeMap<String, u32> = BTreeMap::new();
         for w in text::words(text) {
             *tf.entry(w).or_insert(0) += 1;
         }

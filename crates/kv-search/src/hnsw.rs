@@ -11,6 +11,35 @@ use std::collections::{BinaryHeap, HashMap};
 
 use parking_lot::Mutex;
 
+/// A bounds-checked little-endian reader: every read past the end is
+/// `None`.
+pub(crate) struct ByteReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> ByteReader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        ByteReader { buf }
+    }
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.buf.split_at_checked(n)?;
+        self.buf = rest;
+        Some(head)
+    }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.bytes(1)?.first().copied()
+    }
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
 /// Similarity between two nodes of the graph.
 pub(crate) trait Space {
     fn sim(&self, a: u32, b: u32) -> f32;
@@ -359,6 +388,108 @@ impl Hnsw {
             *d = true;
             self.live -= 1;
         }
+    }
+
+    /// The graph's structure (not the vectors) for [`Hnsw::decode`]: the
+    /// generator state, entry point, per slot its level and deleted mark,
+    /// the layer-0 links and the upper layers' lists.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let put32 = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&v.to_le_bytes());
+        put32(out, self.params.m as u32);
+        put32(out, self.levels.len() as u32);
+        put32(out, self.entry.unwrap_or(EMPTY));
+        put32(out, self.max_level as u32);
+        out.extend_from_slice(&self.rng.to_le_bytes());
+        out.extend_from_slice(&self.levels);
+        out.extend(self.deleted.iter().map(|&d| u8::from(d)));
+        for &l in &self.layer0 {
+            put32(out, l);
+        }
+        for (slot, &level) in self.levels.iter().enumerate() {
+            if level == NOT_IN_GRAPH || level == 0 {
+                continue;
+            }
+            let lists = self.upper.get(&(slot as u32));
+            for layer in 0..level as usize {
+                let list = lists
+                    .and_then(|l| l.get(layer))
+                    .map_or(&[][..], Vec::as_slice);
+                put32(out, list.len() as u32);
+                for &n in list {
+                    put32(out, n);
+                }
+            }
+        }
+    }
+
+    /// A graph written by [`Hnsw::encode`] with the same `params.m`, over
+    /// `slots` slots; `None` when the bytes are not such a graph (every
+    /// link, level and count is checked, so a damaged file cannot make a
+    /// search index out of bounds or loop).
+    pub(crate) fn decode(params: HnswParams, slots: usize, r: &mut ByteReader<'_>) -> Option<Hnsw> {
+        let mut h = Hnsw::new(params);
+        if r.u32()? as usize != h.params.m || r.u32()? as usize != slots {
+            return None;
+        }
+        let n = u32::try_from(slots).ok()?;
+        let entry = r.u32()?;
+        let max_level = r.u32()? as usize;
+        h.rng = r.u64()?;
+        h.levels = r.bytes(slots)?.to_vec();
+        h.deleted = r.bytes(slots)?.iter().map(|&d| d != 0).collect();
+        let m0 = h.m0;
+        h.layer0 = Vec::with_capacity(slots.checked_mul(m0)?);
+        for _ in 0..slots * m0 {
+            let l = r.u32()?;
+            if l != EMPTY && l >= n {
+                return None;
+            }
+            h.layer0.push(l);
+        }
+        let mut top = 0usize;
+        for slot in 0..slots {
+            let level = *h.levels.get(slot)?;
+            if level == NOT_IN_GRAPH {
+                continue;
+            }
+            if level > 32 {
+                return None;
+            }
+            if !*h.deleted.get(slot)? {
+                h.live += 1;
+            }
+            top = top.max(level as usize);
+            if level == 0 {
+                continue;
+            }
+            let mut lists = Vec::with_capacity(level as usize);
+            for _ in 0..level {
+                let len = r.u32()? as usize;
+                if len > h.params.m {
+                    return None;
+                }
+                let mut list = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let l = r.u32()?;
+                    let to_level = *h.levels.get(l as usize)?;
+                    if to_level == NOT_IN_GRAPH || usize::from(to_level) < lists.len() + 1 {
+                        return None;
+                    }
+                    list.push(l);
+                }
+                lists.push(list);
+            }
+            h.upper.insert(slot as u32, lists);
+        }
+        match entry {
+            EMPTY if h.live == 0 && h.levels.iter().all(|&l| l == NOT_IN_GRAPH) => {}
+            e if usize::from(*h.levels.get(e as usize)?) == max_level && max_level == top => {
+                h.entry = Some(e);
+                h.max_level = max_level;
+            }
+            _ => return None,
+        }
+        Some(h)
     }
 
     /// Up to `k` accepted, undeleted nodes most similar to the query `q`,

@@ -14,7 +14,7 @@ use crate::embed::{normalize, quantize};
 use crate::error::{Error, Result};
 use crate::options::SearchOptions;
 use crate::text;
-use crate::vectors::VectorSet;
+use crate::vectors::{GraphRestored, VectorSet};
 
 /// BM25 term-frequency saturation.
 pub const BM25_K1: f64 = 1.2;
@@ -105,6 +105,8 @@ pub struct SearchIndex {
     writer: Mutex<Counters>,
     applied: AtomicU64,
     vectors: RwLock<VectorSet>,
+    /// How the open used the graph file.
+    restored: Option<GraphRestored>,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -119,6 +121,11 @@ impl std::fmt::Debug for SearchIndex {
 
 fn gen_dir(root: &Path, generation: u64) -> PathBuf {
     root.join(format!("gen-{generation:06}"))
+}
+
+/// The graph file of `generation` ([`SearchIndex::save_graph`]).
+fn graph_path(root: &Path, generation: u64) -> PathBuf {
+    root.join(format!("gen-{generation:06}.graph"))
 }
 
 fn parse_gen(name: &str) -> Option<u64> {
@@ -153,21 +160,51 @@ fn remove_gens_except(root: &Path, keep: &[u64]) -> Result<()> {
             std::fs::remove_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
     }
+    // Graph files of other generations, and any left half-written.
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io(root, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = match name.strip_suffix(".graph") {
+            Some(g) => parse_gen(g).is_some_and(|g| !keep.contains(&g)),
+            None => name.ends_with(".graph.tmp"),
+        };
+        if stale {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
     Ok(())
+}
+
+/// `bytes` to `path` durably: a temporary file, fsync, rename, fsync of
+/// the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Points `CURRENT` at `generation`: temp file, fsync, rename, fsync dir.
 fn write_current(root: &Path, generation: u64) -> Result<()> {
-    let tmp = root.join("CURRENT.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(format!("gen-{generation:06}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    let cur = root.join(CURRENT);
-    std::fs::rename(&tmp, &cur).map_err(|e| Error::io(&cur, e))?;
-    std::fs::File::open(root)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(root, e))
+    write_durably(
+        &root.join(CURRENT),
+        format!("gen-{generation:06}\n").as_bytes(),
+    )
 }
 
 fn read_current(root: &Path) -> Result<Option<u64>> {
@@ -263,7 +300,14 @@ impl SearchIndex {
             None => return Err(Error::corrupt(codec::STATS, "missing")),
         };
         let dim = opts.embedder.dim();
-        let mut vectors = VectorSet::new(dim, opts.hnsw, opts.ann_threshold);
+        // The graph as last saved, matched against the stored vectors; a
+        // missing or damaged file only costs building the graph again.
+        let graph = match std::fs::read(graph_path(&root, generation)) {
+            Ok(bytes) => VectorSet::restore(dim, opts.hnsw, opts.ann_threshold, &bytes),
+            Err(_) => None,
+        };
+        let mut restoring = graph;
+        let mut fresh = VectorSet::new(dim, opts.hnsw, opts.ann_threshold);
         for item in db.prefix(b"v/")? {
             let (k, v) = item?;
             if v.len() != dim {
@@ -273,10 +317,23 @@ impl SearchIndex {
                 ));
             }
             let q: Vec<i8> = v.iter().map(|&b| b as i8).collect();
-            vectors.set(k.get(2..).unwrap_or(&[]), Some(&q), true);
+            let key = k.get(2..).unwrap_or(&[]);
+            match &mut restoring {
+                Some(r) => r.offer(key, &q),
+                None => fresh.set(key, Some(&q), true),
+            }
         }
-        vectors.maintain(false);
-        Ok(SearchIndex {
+        let (vectors, restored) = match restoring {
+            Some(r) => {
+                let (set, how) = r.finish();
+                (set, Some(how))
+            }
+            None => {
+                fresh.maintain(false);
+                (fresh, None)
+            }
+        };
+        let index = SearchIndex {
             root,
             generation,
             db,
@@ -284,7 +341,52 @@ impl SearchIndex {
             writer: Mutex::new(Counters { docs, total }),
             applied: AtomicU64::new(applied),
             vectors: RwLock::new(vectors),
-        })
+            restored,
+        };
+        index.save_graph_if(1)?;
+        Ok(index)
+    }
+
+    /// Writes the graph file when at least `min` graph changes are not in
+    /// it. A search may run meanwhile; `apply` waits (callers hold the
+    /// writer lock or own the index).
+    fn save_graph_if(&self, min: usize) -> Result<bool> {
+        let encoded = {
+            let v = self.vectors.read();
+            if v.unsaved() < min.max(1) {
+                return Ok(false);
+            }
+            v.encode_graph()
+        };
+        let Some((bytes, count)) = encoded else {
+            return Ok(false);
+        };
+        write_durably(&graph_path(&self.root, self.generation), &bytes)?;
+        self.vectors.write().saved(count);
+        Ok(true)
+    }
+
+    /// Writes the similarity graph to its file beside the index (when it
+    /// changed since last written), so that the next open loads it instead
+    /// of building it again. `apply` does this by itself every
+    /// [`SearchOptions::graph_save_every`] graph changes (or a quarter of the
+    /// vectors), a rebuild when it completes,
+    /// and dropping the index does it last; a crash only costs re-inserting
+    /// what changed since (matched by fingerprint against the stored
+    /// vectors on open). Returns whether a file was written.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors writing the file (the index itself is unaffected).
+    pub fn save_graph(&self) -> Result<bool> {
+        let _writer = self.writer.lock();
+        self.save_graph_if(1)
+    }
+
+    /// How the last open used the saved graph: `None` when there was no
+    /// usable graph file (the graph, if any, was built from the vectors).
+    pub fn graph_restored(&self) -> Option<GraphRestored> {
+        self.restored
     }
 
     /// Opens the index in `dir`, or rebuilds it from the store when it is
@@ -388,6 +490,8 @@ impl SearchIndex {
             Some(self.generation),
         )?;
         let old = std::mem::replace(self, fresh);
+        // Its generation is about to go: no graph file for it.
+        old.vectors.write().saved(usize::MAX);
         drop(old);
         remove_gens_except(&self.root, &[self.generation])
     }
@@ -433,6 +537,7 @@ impl SearchIndex {
             opts,
             writer: Mutex::new(Counters::default()),
             applied: AtomicU64::new(0),
+            restored: None,
         };
         let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(REBUILD_CHUNK);
         let flush = |chunk: &mut Vec<(Vec<u8>, Vec<u8>)>| -> Result<()> {
@@ -453,8 +558,10 @@ impl SearchIndex {
         }
         flush(&mut chunk)?;
         index.write(&[], Some(applied_index), false)?;
-        // Durable before it becomes current, whatever the sync mode.
+        // Durable before it becomes current, whatever the sync mode; the
+        // graph just built is saved too, or the next open builds it again.
         index.db.flush()?;
+        index.save_graph_if(1)?;
         write_current(&root, generation)?;
         Ok(index)
     }
@@ -609,6 +716,12 @@ impl SearchIndex {
             vectors.set(key, v.as_deref(), true);
         }
         vectors.maintain(defer_graph);
+        let due =
+            !defer_graph && vectors.unsaved() >= self.opts.graph_save_every.max(vectors.len() / 4);
+        drop(vectors);
+        if due {
+            self.save_graph_if(1)?;
+        }
         Ok(true)
     }
 
@@ -778,5 +891,13 @@ impl SearchIndex {
     /// Engine errors.
     pub fn compact(&self) -> Result<()> {
         Ok(self.db.compact()?)
+    }
+}
+
+impl Drop for SearchIndex {
+    /// Saves the similarity graph if it changed (best effort: a failure
+    /// only means the next open inserts those changes again).
+    fn drop(&mut self) {
+        let _ = self.save_graph_if(1);
     }
 }

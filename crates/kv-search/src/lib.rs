@@ -76,3 +76,4 @@ pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use index::{BM25_B, BM25_K1, Change, IndexStats, Opened, SearchIndex};
 pub use options::SearchOptions;
+pub use vectors::GraphRestored;

@@ -26,6 +26,10 @@ pub struct SearchOptions {
     pub ann_threshold: usize,
     /// Parameters of the HNSW graph.
     pub hnsw: HnswParams,
+    /// Graph changes after which `apply` writes the graph file again
+    /// (default 50,000; at least a quarter of the vectors is always
+    /// waited for). A crash costs re-inserting the changes since.
+    pub graph_save_every: usize,
 }
 
 impl Default for SearchOptions {
@@ -39,6 +43,7 @@ impl Default for SearchOptions {
             embedder: Arc::new(NgramEmbedder::default()),
             ann_threshold: 20_000,
             hnsw: HnswParams::default(),
+            graph_save_every: 50_000,
         }
     }
 }
@@ -55,6 +60,9 @@ impl SearchOptions {
         let bad = |what: &str| Err(Error::InvalidArgument(what.to_string()));
         if self.embedder.dim() == 0 || self.embedder.dim() > 65_536 {
             return bad("embedder dim must be between 1 and 65536");
+        }
+        if self.graph_save_every == 0 {
+            return bad("graph_save_every must be at least 1");
         }
         if self.ann_threshold == 0 {
             return bad("ann_threshold must be at least 1");

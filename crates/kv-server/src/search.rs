@@ -303,10 +303,14 @@ impl Indexer {
                 return;
             }
         }
-        if let Some(index) = self.shared.index.read().as_ref()
-            && let Err(e) = index.flush()
-        {
-            tracing::warn!(error = %e, "flushing the search index failed");
+        if let Some(index) = self.shared.index.read().as_ref() {
+            if let Err(e) = index.flush() {
+                tracing::warn!(error = %e, "flushing the search index failed");
+            }
+            // The similarity graph too, so that the next start loads it.
+            if let Err(e) = index.save_graph() {
+                tracing::warn!(error = %e, "saving the similarity graph failed; it is rebuilt at the next start");
+            }
         }
     }
 }
@@ -473,7 +477,16 @@ impl Worker {
         )
         .map_err(|e| e.to_string())?;
         let (existing, mut how) = match how {
-            kv_search::Opened::Existing => (true, "opened".to_owned()),
+            kv_search::Opened::Existing => (
+                true,
+                match index.graph_restored() {
+                    Some(g) => format!(
+                        "opened (similarity graph loaded: {} nodes kept, {} inserted, {} dropped)",
+                        g.kept, g.inserted, g.dropped
+                    ),
+                    None => "opened".to_owned(),
+                },
+            ),
             kv_search::Opened::Rebuilt { reason } => (false, format!("rebuilt ({reason})")),
         };
         let at = index.applied_index();
