@@ -30,6 +30,7 @@ struct Args {
     data_dir: PathBuf,
     fresh: bool,
     secure: bool,
+    search: bool,
 }
 
 fn parse(args: &[String], root: &Path) -> Result<Args> {
@@ -39,6 +40,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
         data_dir: PathBuf::from("target/cluster"),
         fresh: false,
         secure: false,
+        search: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -58,6 +60,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             "--data-dir" => a.data_dir = PathBuf::from(value()?),
             "--fresh" => a.fresh = true,
             "--secure" => a.secure = true,
+            "--search" => a.search = true,
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
@@ -78,13 +81,13 @@ pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-const USAGE: &str = "usage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]";
+const USAGE: &str = "usage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure] [--search]";
 
 /// Runs the cluster until Ctrl-C / SIGTERM.
 pub fn run(args: &[String], root: &Path) -> Result<()> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "{USAGE}\n\nBuilds kvd and kvctl (release) and runs a local cluster on 127.0.0.1 until Ctrl-C:\n  --nodes N       members (default 3)\n  --base-port P   client port of node 1; node i listens on P+i-1, its HTTP gateway on P+i-1+1000\n  --data-dir D    where the nodes keep their data (default target/cluster)\n  --fresh         remove the data directory first\n  --secure        TLS, peer certificates and client tokens (made with cargo xtask certs)"
+            "{USAGE}\n\nBuilds kvd and kvctl (release) and runs a local cluster on 127.0.0.1 until Ctrl-C:\n  --nodes N       members (default 3)\n  --base-port P   client port of node 1; node i listens on P+i-1, its HTTP gateway on P+i-1+1000\n  --data-dir D    where the nodes keep their data (default target/cluster)\n  --fresh         remove the data directory first\n  --secure        TLS, peer certificates and client tokens (made with cargo xtask certs)\n  --search        full-text and similarity search over values (kvd --search; kvctl search / similar)"
         );
         return Ok(());
     }
@@ -153,6 +156,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             .arg("--data-dir")
             .arg(&dir)
             .args(&node_args)
+            .args(if a.search { &["--search"][..] } else { &[] })
             .args(if a.secure {
                 vec!["--peer-listen", &peer_addrs[i]]
             } else {

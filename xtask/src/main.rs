@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure]\n  certs    a CA, node and client certificates, a peer secret, tokens: [--dir target/certs]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]\n  python-proto  the proto descriptor of the Python client: [--check]"
+                "usage: cargo xtask <command>\n\ncommands:\n  ci       everything CI runs (.ci/run): format, clippy, all tests, short fuzz runs\n  cluster  run a local cluster: [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure] [--search]\n  certs    a CA, node and client certificates, a peer secret, tokens: [--dir target/certs]\n  jepsen   fault suite: [--seconds 60] [--nemesis kill,pause,partition] [--nodes 3] [--clients 8] [--keys 5] [--seed S]\n  scale    the 5 GB benchmark: [--gb 5] [--clients 32] [--value-min 1024] [--value-max 65536] [--keep]\n  python-proto  the proto descriptor of the Python client: [--check]"
             );
             std::process::exit(2);
         }

@@ -38,8 +38,10 @@
 //!   `v/<key>` → vector, and `m/` counters and the applied index. Each
 //!   [`SearchIndex::apply`] is one atomic engine batch.
 //! - `vectors` / `hnsw`: all vectors in memory (loaded on open), exact scan
-//!   or an HNSW graph above [`SearchOptions::ann_threshold`], rebuilt from
-//!   the stored vectors on open.
+//!   or an HNSW graph above [`SearchOptions::ann_threshold`], saved to
+//!   `gen-NNNNNN.graph` beside the database and loaded on open (matched
+//!   against the stored vectors by fingerprint; rebuilt when the file is
+//!   missing or damaged).
 //! - `index`: [`SearchIndex`], generations of the engine database under
 //!   `CURRENT` so that a rebuild replaces the index atomically.
 //!
@@ -52,7 +54,8 @@
 //! query of only very common words costs in proportion to their document
 //! frequency. The vectors and the graph live in memory (`dim` bytes plus
 //! about 150 bytes of graph per value, plus the keys); the graph is rebuilt
-//! on every open and after a quarter of its nodes were deleted. An empty
+//! after a quarter of its nodes were deleted, and on an open without a
+//! usable graph file. An empty
 //! query (no word) is an error, [`Error::EmptyQuery`]. See README.md for
 //! the measurements and the choice against tantivy.
 #![deny(unsafe_code)]
