@@ -339,11 +339,16 @@ fn engine_source(store: &Store) -> Result<Source, String> {
         .scan(lower.as_slice()..upper.as_slice())
         .map_err(|e| e.to_string())?;
     // The generation stays alive while its pairs are read.
-    let items = iter.map(move |item| {
+    let items = iter.filter_map(move |item| {
         let _keep = &generation;
-        let (k, rec) = item.map_err(|e| e.to_string())?;
-        let value = keys::decode_value(&rec)?;
-        Ok((keys::strip_user(&k), value))
+        let (k, rec) = match item {
+            Ok(pair) => pair,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        // As in `user_changes`: a value record this build cannot read is
+        // not indexed (rather than failing the whole rebuild).
+        let value = keys::decode_value(&rec).ok()?;
+        Some(Ok((keys::strip_user(&k), value)))
     });
     Ok((applied, Box::new(items)))
 }
@@ -679,3 +684,6 @@ impl KvService {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests;
