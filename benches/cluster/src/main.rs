@@ -3,8 +3,12 @@
 //! `cluster-bench scale`: load gigabytes into 3 nodes, join a 4th from
 //! empty; report memory, disk, throughput and snapshot transfer rate. Run it
 //! with `cargo xtask scale` (which builds release binaries first).
+//!
+//! `cluster-bench failover --fault kill|pause --trials 10`: the write gap
+//! when the leader fails under a single-client write load.
 #![deny(unsafe_code)]
 
+mod failover;
 mod procs;
 mod scale;
 
@@ -22,11 +26,15 @@ enum Cmd {
     /// Load a 3-node cluster with gigabytes of live data, then join a
     /// fourth node from empty.
     Scale(scale::Args),
+    /// The write gap when the leader of a 3-node cluster is killed or
+    /// paused under a steady single-client write load.
+    Failover(failover::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Scale(a) => scale::run(a).await,
+        Cmd::Failover(a) => failover::run(a).await,
     }
 }

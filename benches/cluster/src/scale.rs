@@ -130,7 +130,7 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn client(endpoints: Vec<String>, timeout: Duration, serializable: bool) -> Client {
+pub(crate) fn client(endpoints: Vec<String>, timeout: Duration, serializable: bool) -> Client {
     Client::new(
         endpoints,
         Options {
@@ -142,7 +142,7 @@ fn client(endpoints: Vec<String>, timeout: Duration, serializable: bool) -> Clie
 }
 
 /// Waits until one of `nodes` is leader and the others that answer agree.
-async fn wait_leader(nodes: &[&Node], within: Duration) -> Result<u64> {
+pub(crate) async fn wait_leader(nodes: &[&Node], within: Duration) -> Result<u64> {
     let c = client(
         nodes.iter().map(|n| n.listen.clone()).collect(),
         Duration::from_millis(500),

@@ -34,7 +34,16 @@ impl Client {
         // The last answer, if it was a definite UNAVAILABLE: what a deadline
         // reached while backing off from it reports.
         let mut unavailable: Option<String> = None;
+        // Nodes that left an attempt of this operation unanswered: for one
+        // more `attempt_timeout` neither tried again nor followed as a
+        // hint (the others are asked meanwhile, and name a new leader once
+        // one is elected); after that a node the others still name as
+        // leader is tried again (it may be slow rather than gone).
+        let mut stalled: Vec<(String, Instant)> = Vec::new();
         loop {
+            let now = Instant::now();
+            stalled.retain(|(_, at)| now < *at + opts.attempt_timeout);
+            let avoid: Vec<String> = stalled.iter().map(|(n, _)| n.clone()).collect();
             if Instant::now() >= deadline {
                 tracing::debug!(last, "operation timed out");
                 if let Some(message) = unavailable {
@@ -47,7 +56,10 @@ impl Client {
                     definite: !maybe_applied,
                 });
             }
-            let target = self.leader_guess().unwrap_or_else(|| self.next_endpoint());
+            let target = self
+                .leader_guess()
+                .filter(|t| !avoid.contains(t))
+                .unwrap_or_else(|| self.next_endpoint_but(&avoid));
             let mut pause = false;
             match tokio::time::timeout_at(deadline, self.conn(&target)).await {
                 Err(_) => continue,
@@ -62,10 +74,28 @@ impl Client {
                     let left = deadline.saturating_duration_since(Instant::now());
                     attempt.timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
                     attempt.deadline_unix_ms = unix_ms_after(left);
-                    let sent = tokio::time::timeout_at(deadline, conn.call(attempt)).await;
+                    let attempt_deadline = deadline.min(Instant::now() + opts.attempt_timeout);
+                    let sent = tokio::time::timeout_at(attempt_deadline, conn.call(attempt)).await;
                     match sent {
+                        // The node has not answered in time: leave it, and
+                        // try the others while time is left, if a retry is
+                        // safe.
+                        Err(_) if attempt_deadline < deadline && can_retry_unknown => {
+                            tracing::debug!(node = %target, "no answer in time; trying another node");
+                            last = format!(
+                                "{target} did not answer within {:?}",
+                                opts.attempt_timeout
+                            );
+                            maybe_applied |= write;
+                            self.forget_conn(&target);
+                            self.set_leader(None);
+                            stalled.retain(|(n, _)| *n != target);
+                            stalled.push((target.clone(), Instant::now()));
+                            continue;
+                        }
                         // The deadline passed with the request in flight.
                         Err(_) => {
+                            self.set_leader(None);
                             return Err(Error::Timeout {
                                 definite: !(write || maybe_applied),
                             });
@@ -107,6 +137,7 @@ impl Client {
                                 ErrorCode::NOT_LEADER => {
                                     if !e.leader_addr.is_empty()
                                         && e.leader_addr != target
+                                        && !avoid.contains(&e.leader_addr)
                                         && hints < opts.max_hints
                                     {
                                         hints += 1;

@@ -97,6 +97,15 @@ pub struct Options {
     pub initial_backoff: Duration,
     /// Longest delay between attempts.
     pub max_backoff: Duration,
+    /// Longest wait for a node's answer to one attempt (default 1 s). A
+    /// node that has not answered by then (hung, paused, cut off by a
+    /// partition that drops packets: its connection stays open) is left:
+    /// the operation is tried at the other nodes, which know the new leader
+    /// once one is elected. Only operations that may be retried move on:
+    /// reads, and writes with [`Options::dedup`]; a write without it
+    /// fails with an unknown outcome. Raise it for requests a healthy node
+    /// may take longer to answer (very large batches or ranges).
+    pub attempt_timeout: Duration,
     /// Sent with every request to a node that checks tokens (`kvd
     /// --auth-file`); its role decides what this client may do.
     pub token: Option<String>,
@@ -113,6 +122,7 @@ impl Default for Options {
             max_hints: 8,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(250),
+            attempt_timeout: Duration::from_secs(1),
             token: None,
             net: kv_net::Options {
                 connect_timeout: Duration::from_secs(1),
@@ -488,6 +498,21 @@ impl Client {
             .get(usize::try_from(i).unwrap_or(0))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The next endpoint in turn that is not in `avoid` (any, when all
+    /// are).
+    fn next_endpoint_but(&self, avoid: &[String]) -> String {
+        let n = self.inner.endpoints.len().max(1);
+        let mut first = None;
+        for _ in 0..n {
+            let e = self.next_endpoint();
+            if !avoid.contains(&e) {
+                return e;
+            }
+            first.get_or_insert(e);
+        }
+        first.unwrap_or_default()
     }
 
     fn forget_conn(&self, addr: &str) {

@@ -253,3 +253,83 @@ async fn waiting_for_a_write_slot_counts_towards_the_timeout() {
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
     hung.abort_all();
 }
+
+fn client_with_attempts(endpoints: Vec<String>, dedup: bool, attempt_ms: u64) -> Client {
+    Client::new(
+        endpoints,
+        Options {
+            timeout: Duration::from_secs(5),
+            dedup,
+            attempt_timeout: Duration::from_millis(attempt_ms),
+            ..Options::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_answer_is_left_for_the_next() {
+    let (hung, hung_svc) = serve(vec![Reply::Hang]).await;
+    let (ok, ok_svc) = serve(vec![Reply::Ok]).await;
+    let c = client_with_attempts(vec![hung, ok], true, 200);
+    let started = std::time::Instant::now();
+    c.put("k", "v").await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The same request, so the cluster applies it once.
+    let (h, o) = (
+        hung_svc.seen.lock().unwrap().clone(),
+        ok_svc.seen.lock().unwrap().clone(),
+    );
+    assert_eq!((h.len(), o.len()), (1, 1));
+    assert_eq!(h[0], o[0]);
+    // Reads move on too.
+    let (hung2, _) = serve(vec![Reply::Hang]).await;
+    let (ok2, ok2_svc) = serve(vec![Reply::Ok]).await;
+    let c = client_with_attempts(vec![hung2, ok2], false, 200);
+    c.get("k").await.unwrap();
+    assert_eq!(ok2_svc.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn without_dedup_a_write_left_unanswered_is_unknown_and_not_retried() {
+    let (hung, _) = serve(vec![Reply::Hang]).await;
+    let (ok, ok_svc) = serve(vec![Reply::Ok]).await;
+    let c = client_with_attempts(vec![hung, ok], false, 200);
+    let e = c.put("k", "v").await.unwrap_err();
+    assert!(!e.is_definite(), "{e:?}");
+    assert!(ok_svc.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn hints_to_a_node_that_did_not_answer_wait_for_a_new_leader() {
+    let (hung, hung_svc) = serve(vec![Reply::Hang]).await;
+    let (new, new_svc) = serve(vec![Reply::Ok]).await;
+    // Before the election the follower still names the hung leader.
+    let (follower, follower_svc) = serve(vec![
+        Reply::NotLeader(hung.clone()),
+        Reply::NotLeader(hung.clone()),
+        Reply::NotLeader(new.clone()),
+    ])
+    .await;
+    let c = client_with_attempts(vec![hung, follower], true, 300);
+    c.put("k", "v").await.unwrap();
+    assert_eq!(
+        hung_svc.seen.lock().unwrap().len(),
+        1,
+        "the hung node was asked once"
+    );
+    assert_eq!(follower_svc.seen.lock().unwrap().len(), 3);
+    assert_eq!(new_svc.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_slow_leader_the_others_still_name_is_tried_again() {
+    let (leader, leader_svc) = serve(vec![Reply::Hang, Reply::Ok]).await;
+    let (follower, _) = serve(vec![Reply::NotLeader(leader.clone())]).await;
+    let c = client_with_attempts(vec![leader, follower], true, 200);
+    c.put("k", "v").await.unwrap();
+    let seen = leader_svc.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], seen[1], "retried as the same request");
+}
