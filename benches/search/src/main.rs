@@ -218,7 +218,10 @@ fn main() {
     ));
     let ef0 = opts.hnsw.ef_search;
     let graph = if st.approximate {
-        format!("HNSW (m={}, ef_search={ef0})", opts.hnsw.m)
+        format!(
+            "HNSW (m={}, ef_search={ef0}, effective {} at this size)",
+            opts.hnsw.m, st.ef_search
+        )
     } else {
         "exact (below threshold)".to_owned()
     };
@@ -251,12 +254,16 @@ fn main() {
     ));
     drop(index);
     if st.approximate {
-        for ef in [2 * ef0, 4 * ef0] {
+        for ef in [ef0 / 2, 2 * ef0] {
             let mut o = opts.clone();
             o.hnsw.ef_search = ef;
             let index = SearchIndex::open(&index_dir, o).expect("reopen");
             rows.push((
-                format!("similar, HNSW (m={}, ef_search={ef}), top 10", opts.hnsw.m),
+                format!(
+                    "similar, HNSW (m={}, ef_search={ef}, effective {}), top 10",
+                    opts.hnsw.m,
+                    index.stats().ef_search
+                ),
                 approx_row(&index, &sim_queries, &exact_hits),
             ));
         }

@@ -78,6 +78,10 @@ pub struct IndexStats {
     pub approximate: bool,
     /// Bytes of the vectors, key map and graph in memory (estimate).
     pub memory_bytes: usize,
+    /// The candidate list size a top-10 similarity search uses now
+    /// ([`HnswParams::effective_ef`](crate::HnswParams::effective_ef)); 0
+    /// without the graph.
+    pub ef_search: usize,
 }
 
 /// What the writer knows besides the engine: the counters it keeps.
@@ -871,6 +875,11 @@ impl SearchIndex {
             vectors: v.len(),
             approximate: v.has_graph(),
             memory_bytes: v.memory_bytes(),
+            ef_search: if v.has_graph() {
+                self.opts.hnsw.effective_ef(10, v.len())
+            } else {
+                0
+            },
         }
     }
 
