@@ -5,8 +5,9 @@
 //! leader: `kill` (SIGKILL: its connections close at once), `pause`
 //! (SIGSTOP: it stays connected and silent, as a hung process or a
 //! partition that drops packets looks; SIGCONT after `--pause-ms`). The gap
-//! is the time from the last write acknowledged before the fault to the
-//! first acknowledged after it. Elections are counted from the terms.
+//! is the longest wait between two acknowledged writes from 200 ms before
+//! the fault to the end of the pause (or 3 s after a kill). Elections are
+//! counted from the terms.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,17 +129,30 @@ async fn trial(a: &Args, n: usize) -> Result<(Duration, u64)> {
         .await
         .context("the writer did not stop")??;
     let acks = acks.lock().await;
-    let before = acks.iter().rev().find(|t| **t <= fault_at).copied();
-    let after = acks.iter().find(|t| **t > fault_at).copied();
-    let (Some(before), Some(after)) = (before, after) else {
-        anyhow::bail!("trial {n}: no write acknowledged before or after the fault");
-    };
-    if let Some(r) = resumed {
-        ensure!(
-            after < r,
-            "trial {n}: no write was acknowledged while the leader was paused"
-        );
-    }
+    // The longest wait between two acknowledgements from just before the
+    // fault on (a reply already on its way when the signal lands may
+    // arrive just after it, so "the first after the fault" would not do).
+    let window_end = resumed.unwrap_or(fault_at + Duration::from_secs(3));
+    let from = fault_at.checked_sub(Duration::from_millis(200)).unwrap_or(fault_at);
+    let near: Vec<Instant> = acks
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= window_end)
+        .collect();
+    ensure!(
+        near.first().is_some_and(|t| *t <= fault_at),
+        "trial {n}: no write acknowledged in the 200 ms before the fault"
+    );
+    ensure!(
+        near.last().is_some_and(|t| *t > fault_at + Duration::from_millis(100)),
+        "trial {n}: no write acknowledged while the leader was {:?}",
+        a.fault
+    );
+    let gap = near
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     let others: Vec<&String> = addrs
         .iter()
         .enumerate()
@@ -153,7 +167,7 @@ async fn trial(a: &Args, n: usize) -> Result<(Duration, u64)> {
     }
     drop(nodes);
     std::fs::remove_dir_all(&dir)?;
-    Ok((after - before, term1 - term0))
+    Ok((gap, term1 - term0))
 }
 
 pub async fn run(a: Args) -> Result<()> {
