@@ -133,7 +133,9 @@ async fn trial(a: &Args, n: usize) -> Result<(Duration, u64)> {
     // fault on (a reply already on its way when the signal lands may
     // arrive just after it, so "the first after the fault" would not do).
     let window_end = resumed.unwrap_or(fault_at + Duration::from_secs(3));
-    let from = fault_at.checked_sub(Duration::from_millis(200)).unwrap_or(fault_at);
+    let from = fault_at
+        .checked_sub(Duration::from_millis(200))
+        .unwrap_or(fault_at);
     let near: Vec<Instant> = acks
         .iter()
         .copied()
@@ -144,7 +146,8 @@ async fn trial(a: &Args, n: usize) -> Result<(Duration, u64)> {
         "trial {n}: no write acknowledged in the 200 ms before the fault"
     );
     ensure!(
-        near.last().is_some_and(|t| *t > fault_at + Duration::from_millis(100)),
+        near.last()
+            .is_some_and(|t| *t > fault_at + Duration::from_millis(100)),
         "trial {n}: no write acknowledged while the leader was {:?}",
         a.fault
     );

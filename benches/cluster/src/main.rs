@@ -6,11 +6,15 @@
 //!
 //! `cluster-bench failover --fault kill|pause --trials 10`: the write gap
 //! when the leader fails under a single-client write load.
+//!
+//! `cluster-bench search-load`: write throughput with and without `kvd
+//! --search` on short texts, and the indexes' lag.
 #![deny(unsafe_code)]
 
 mod failover;
 mod procs;
 mod scale;
+mod search_load;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +33,9 @@ enum Cmd {
     /// The write gap when the leader of a 3-node cluster is killed or
     /// paused under a steady single-client write load.
     Failover(failover::Args),
+    /// Write throughput with and without `kvd --search`, and the index's
+    /// lag behind the writes.
+    SearchLoad(search_load::Args),
 }
 
 #[tokio::main]
@@ -36,5 +43,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Scale(a) => scale::run(a).await,
         Cmd::Failover(a) => failover::run(a).await,
+        Cmd::SearchLoad(a) => search_load::run(a).await,
     }
 }

@@ -1,0 +1,157 @@
+//! `cluster-bench search-load`: the write throughput of a 3-node cluster
+//! with and without `kvd --search`, on short texts, and how long the
+//! indexes take to catch up with the writes.
+//!
+//! Each phase starts a fresh cluster and writes `--texts` generated texts
+//! (4–12 words of a 20,000-word Zipf vocabulary, as `benches/search`) from
+//! `--clients` concurrent writers, each put acknowledged by a majority. With
+//! `--search`, a linearizable search issued right after the last write
+//! waits until the leader's index has applied it: its latency is the
+//! index's lag behind the acknowledged writes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use kv_search::corpus::Corpus;
+
+use crate::procs::{Node, free_ports};
+use crate::scale::{client, wait_leader};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The kvd binary.
+    #[arg(long, default_value = "target/release/kvd")]
+    kvd: PathBuf,
+    /// Working directory (its phase subdirectories are replaced).
+    #[arg(long, default_value = "target/search-load")]
+    dir: PathBuf,
+    /// Texts written per phase.
+    #[arg(long, default_value_t = 50_000)]
+    texts: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+}
+
+struct Phase {
+    writes_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    catch_up: Option<Duration>,
+}
+
+async fn phase(a: &Args, texts: &Arc<Vec<String>>, search: bool) -> Result<Phase> {
+    let dir = std::path::absolute(a.dir.join(if search { "search" } else { "plain" }))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let ports = free_ports(3)?;
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = (0..3)
+        .map(|i| format!("{}={}", i + 1, addrs[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for i in 0..3u64 {
+        let mut args = vec!["--peers".to_owned(), peers.clone()];
+        if search {
+            args.push("--search".to_owned());
+        }
+        nodes.push(Node::start(
+            &a.kvd,
+            i + 1,
+            &addrs[i as usize],
+            &dir.join(format!("n{}", i + 1)),
+            &args,
+        )?);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_leader(&refs, Duration::from_secs(30)).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients {
+        let (next, texts) = (next.clone(), texts.clone());
+        let c = client(addrs.clone(), Duration::from_secs(30), false);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(text) = texts.get(i) else {
+                    return Ok::<_, anyhow::Error>(lat);
+                };
+                let t = Instant::now();
+                c.put(format!("doc:{i:08}"), text.clone())
+                    .await
+                    .with_context(|| format!("put {i}"))?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let took = started.elapsed();
+    let catch_up = if search {
+        let c = client(addrs.clone(), Duration::from_secs(600), false);
+        let t = Instant::now();
+        let hits = c.search(&texts[texts.len() - 1], "", 10).await?;
+        let waited = t.elapsed();
+        ensure!(!hits.is_empty(), "the last text written was not found");
+        Some(waited)
+    } else {
+        None
+    };
+    drop(nodes);
+    std::fs::remove_dir_all(&dir)?;
+    lat.sort();
+    Ok(Phase {
+        writes_per_s: lat.len() as f64 / took.as_secs_f64(),
+        p50: lat[lat.len() / 2],
+        p99: lat[lat.len() * 99 / 100],
+        catch_up,
+    })
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    ensure!(
+        a.texts > 0 && a.clients > 0,
+        "--texts and --clients must be positive"
+    );
+    ensure!(
+        a.kvd.exists(),
+        "{} not found (cargo build --release -p kvd)",
+        a.kvd.display()
+    );
+    let mut corpus = Corpus::new(20_000, 1);
+    let texts: Arc<Vec<String>> = Arc::new((0..a.texts).map(|_| corpus.sentence(4, 12)).collect());
+    let plain = phase(&a, &texts, false).await?;
+    let search = phase(&a, &texts, true).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{} texts, {} writers, 3 nodes\n\n| kvd | writes/s | p50 | p99 | index caught up |\n|---|---:|---:|---:|---:|",
+        a.texts, a.clients
+    );
+    for (name, p) in [("plain", &plain), ("--search", &search)] {
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            p.writes_per_s,
+            ms(p.p50),
+            ms(p.p99),
+            p.catch_up.map_or_else(
+                || "-".to_owned(),
+                |d| format!("{:.0} ms after the last write", ms(d))
+            )
+        );
+    }
+    println!(
+        "\nwith --search: {:.2}x the plain write throughput",
+        search.writes_per_s / plain.writes_per_s
+    );
+    Ok(())
+}
