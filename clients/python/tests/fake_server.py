@@ -1,5 +1,7 @@
-"""A fake node that misbehaves in one chosen way, for the tests that check
-that the client never hangs: every wait of the client is bounded."""
+"""Fake nodes: one that misbehaves in one chosen way, for the tests that
+check that the client never hangs (every wait of the client is bounded), and
+one that follows a script of replies, for the tests of leader discovery and
+of nodes that leave an attempt unanswered."""
 
 from __future__ import annotations
 
@@ -122,3 +124,43 @@ class FakeServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ScriptedServer(FakeServer):
+    """Answers each request with the next reply of ``replies`` (the last one
+    repeats), as kv-client's ``Scripted`` test service does:
+
+    - ``"ok"``: the request's own result (an empty one);
+    - ``"hang"``: never answers (the connection stays open);
+    - ``("not_leader", addr)``: ``NOT_LEADER`` naming ``addr`` as leader.
+
+    :attr:`seen` lists the ``(client_id, seq)`` of each request received.
+    """
+
+    def __init__(self, replies) -> None:
+        assert replies
+        self.replies = list(replies)
+        self.seen: list[tuple[int, int]] = []
+        self._seen_lock = threading.Lock()
+        super().__init__("scripted")
+
+    def _answer(self, c: socket.socket, req) -> None:
+        with self._seen_lock:
+            self.seen.append((req.client_id, req.seq))
+            reply = self.replies[min(len(self.seen), len(self.replies)) - 1]
+        f = _proto.Frame()
+        f.response.id = req.id
+        if reply == "hang":
+            return
+        if reply == "ok":
+            cmd = req.WhichOneof("cmd")
+            result = cmd if cmd in ("put", "get", "delete", "cas", "batch") else "put"
+            getattr(f.response, result).SetInParent()
+        else:
+            kind, addr = reply
+            assert kind == "not_leader", reply
+            f.response.error.code = _proto.ERROR_CODE["NOT_LEADER"]
+            f.response.error.message = "not leader"
+            f.response.error.leader_id = 2
+            f.response.error.leader_addr = addr
+        c.sendall(_frame(f))

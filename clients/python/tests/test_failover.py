@@ -1,9 +1,12 @@
 """Killing the leader (SIGKILL) under load: writes resume through the new
 leader, and every acknowledged write is readable afterwards, also on the
-restarted node."""
+restarted node. Pausing it (SIGSTOP: its connections stay open, silent):
+the client leaves it after ``attempt_timeout`` for the new leader."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -79,3 +82,31 @@ def test_killing_the_leader_mid_load_loses_no_acknowledged_write(fresh_cluster):
         local = dict(one.range(prefix="fo/", serializable=True))
     missing = [k for k, (v, _) in acked.items() if local.get(k.encode()) != v.encode()]
     assert not missing, f"the restarted node lacks {len(missing)} acknowledged writes"
+
+
+def test_a_paused_leader_is_left_for_the_new_one(fresh_cluster):
+    """SIGSTOP leaves the leader's connections open and silent, as a hung
+    process or a partition that drops packets does. A write sent to it is
+    abandoned after attempt_timeout and retried (the same request) at the
+    others until they elect a new leader, well within the timeout; without
+    attempt_timeout it would wait for the whole timeout and fail."""
+    c = fresh_cluster
+    li = c.wait_leader()
+    paused = c.nodes[li]
+    with c.client(timeout=10, attempt_timeout=1.0) as client:
+        client.put("pause/0", "before")
+        assert client.leader == paused.listen
+        assert paused.proc is not None
+        os.kill(paused.proc.pid, signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            client.put("pause/1", "during")
+            took = time.monotonic() - t
+            assert 1.0 <= took < 8.0, took
+            assert client.leader not in (None, paused.listen), client.leader
+            assert client.get("pause/1") == b"during"
+        finally:
+            os.kill(paused.proc.pid, signal.SIGCONT)
+        new = c.wait_leader(within=30)
+        assert new != li
+        assert dict(client.range(prefix="pause/")) == {b"pause/0": b"before", b"pause/1": b"during"}

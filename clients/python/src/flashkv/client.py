@@ -42,6 +42,19 @@ class Client:
             client finds the leader by itself.
         timeout: Seconds that bound each operation, discovery and retries
             included.
+        attempt_timeout: Longest wait, in seconds, for a node's answer to
+            one attempt (default 1). A node that has not answered by then
+            (hung, paused, cut off by a partition that drops packets: its
+            connection stays open) is left: its connection is dropped and
+            the operation tried at the other nodes, which know the new
+            leader once one is elected; for one more ``attempt_timeout``
+            the client neither picks that node nor follows hints naming it,
+            then tries it again if the others still name it as leader (it
+            may just be slow). Only operations that may be retried move on:
+            reads, and writes with ``dedup``; a write without it raises
+            :class:`UnknownOutcome`. ``timeout`` still bounds the whole
+            operation. Raise it for requests a healthy node may take longer
+            to answer (very large batches or ranges).
         token: Sent with every request to nodes that check tokens
             (``kvd --auth-file``).
         cacert: CA certificate file (PEM): use TLS and trust this CA.
@@ -57,7 +70,8 @@ class Client:
             it such a write raises :class:`UnknownOutcome` at once.
 
     Raises:
-        InvalidArgument: no endpoints, or one that is not ``host:port``.
+        InvalidArgument: no endpoints, one that is not ``host:port``, or a
+            ``timeout`` or ``attempt_timeout`` that is not positive.
 
     Example::
 
@@ -72,6 +86,7 @@ class Client:
         timeout: float = 5.0,
         token: Optional[str] = None,
         *,
+        attempt_timeout: float = 1.0,
         cacert: Optional[str] = None,
         cert: Optional[str] = None,
         key: Optional[str] = None,
@@ -93,6 +108,8 @@ class Client:
                 raise InvalidArgument(str(err)) from None
         if timeout <= 0:
             raise InvalidArgument("timeout must be positive")
+        if attempt_timeout <= 0:
+            raise InvalidArgument("attempt_timeout must be positive")
         if (cert is None) != (key is None):
             raise InvalidArgument("cert and key go together")
         if ssl_context is None and (cacert is not None or cert is not None):
@@ -102,6 +119,7 @@ class Client:
         self._t = Transport(
             eps,
             timeout=timeout,
+            attempt_timeout=attempt_timeout,
             token=token,
             ssl_context=ssl_context,
             connect_timeout=connect_timeout,
@@ -136,7 +154,10 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"flashkv.Client({self._t.endpoints!r}, timeout={self._t.timeout})"
+        return (
+            f"flashkv.Client({self._t.endpoints!r}, timeout={self._t.timeout}, "
+            f"attempt_timeout={self._t.attempt_timeout})"
+        )
 
     @property
     def endpoints(self) -> list[str]:

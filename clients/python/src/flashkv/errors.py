@@ -50,11 +50,15 @@ class Timeout(Unavailable, TimeoutError):
 class UnknownOutcome(FlashKVError):
     """The write may or may not have been applied: its deadline passed, or
     the connection was lost, after it was sent, and retries (with the same
-    request number, so at most one applies) did not settle it.
+    request number, so at most one applies) did not settle it. A write
+    without de-duplication is not retried: it raises this as soon as an
+    attempt's outcome is unknown, also when the node has not answered within
+    ``attempt_timeout``.
 
     Attributes:
-        timed_out: ``True`` when the deadline ran out (rather than the
-            server reporting that it cannot tell).
+        timed_out: ``True`` when the deadline, or the wait for one attempt's
+            answer (``attempt_timeout``), ran out (rather than the server
+            reporting that it cannot tell, or the connection being lost).
     """
 
     definite = False

@@ -14,6 +14,17 @@ requests; :class:`Transport` runs them.
   jittered backoff.
 - ``UNAVAILABLE`` refusals (nothing applied, e.g. an overloaded node) are
   retried only while a client-wide retry budget lasts, as kv-client does.
+- ``attempt_timeout`` bounds the wait for one node's answer to one attempt.
+  A node that has not answered by then (hung, paused, cut off by a partition
+  that drops packets: its connection stays open) is left: its connection is
+  dropped, the leader guess cleared, and the operation tried at the other
+  nodes, if it may be retried (reads, and writes with de-duplication; a
+  write without it raises :class:`UnknownOutcome` instead). For one more
+  ``attempt_timeout`` that node is neither picked as the next endpoint nor
+  followed as a ``NOT_LEADER`` hint (the others name a new leader once one
+  is elected); after that, a node the others still name as leader is tried
+  again (it may be slow rather than gone). An abandoned write counts as
+  maybe applied.
 - ``timeout`` bounds a whole operation, discovery and retries included, and
   each attempt tells the node how long the client still waits.
 """
@@ -89,9 +100,13 @@ class Transport:
         max_hints: int,
         dedup: bool,
         max_frame_length: int,
+        attempt_timeout: float = 1.0,
     ) -> None:
         self.endpoints = list(endpoints)
         self.timeout = float(timeout)
+        #: Seconds one attempt waits for a node's answer before the
+        #: operation moves on to the other nodes (see the module doc).
+        self.attempt_timeout = float(attempt_timeout)
         self._token = token
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
@@ -179,13 +194,22 @@ class Transport:
             raise UnknownOutcome(f"unexpected response to {kind}: {got}")
         return resp
 
-    def _pick_target(self) -> str:
+    def _pick_target(self, avoid: "set[str] | frozenset[str]" = frozenset()) -> str:
+        """The leader guess unless it is in ``avoid``, else the next endpoint
+        in turn that is not in ``avoid`` (any, when all are)."""
         with self._lock:
-            if self.leader is not None:
+            if self.leader is not None and self.leader not in avoid:
                 return self.leader
-            ep = self.endpoints[self._next_endpoint % len(self.endpoints)]
-            self._next_endpoint += 1
-            return ep
+            first: Optional[str] = None
+            for _ in range(len(self.endpoints)):
+                ep = self.endpoints[self._next_endpoint % len(self.endpoints)]
+                self._next_endpoint += 1
+                if ep not in avoid:
+                    return ep
+                if first is None:
+                    first = ep
+            assert first is not None
+            return first
 
     def _set_leader(self, addr: Optional[str]) -> None:
         with self._lock:
@@ -249,6 +273,13 @@ class Transport:
         # The last answer, if it was a definite UNAVAILABLE: what a deadline
         # reached while backing off from it reports.
         unavailable: Optional[str] = None
+        # Nodes that left an attempt of this operation unanswered, with when
+        # they were left: for one more attempt_timeout neither tried again
+        # nor followed as a hint (the others are asked meanwhile, and name a
+        # new leader once one is elected); after that a node the others
+        # still name as leader is tried again (it may be slow rather than
+        # gone).
+        stalled: dict[str, float] = {}
 
         def failed(cls: type, message: str) -> FlashKVError:
             if maybe_applied:
@@ -258,6 +289,10 @@ class Transport:
 
         while True:
             now = time.monotonic()
+            for node, at in list(stalled.items()):
+                if now >= at + self.attempt_timeout:
+                    del stalled[node]
+            avoid = frozenset(stalled)
             if now >= deadline:
                 if unavailable is not None:
                     raise failed(Unavailable, unavailable)
@@ -265,7 +300,7 @@ class Transport:
                 if maybe_applied:
                     raise UnknownOutcome(msg, timed_out=True)
                 raise Timeout(msg)
-            target = self._pick_target()
+            target = self._pick_target(avoid)
             pause = False
             try:
                 conn = self._conn(target, deadline)
@@ -292,12 +327,29 @@ class Transport:
                     last = str(e)
                     pause = True
                 else:
+                    attempt_deadline = min(deadline, time.monotonic() + self.attempt_timeout)
                     try:
-                        resp = fut.result(timeout=left)
+                        resp = fut.result(timeout=max(0.0, attempt_deadline - time.monotonic()))
                     except FutureTimeout:
-                        # The deadline passed with the request in flight.
                         conn.forget(rid)
-                        msg = f"timed out after {self.timeout:g}s waiting for {target}"
+                        cut_short = attempt_deadline < deadline
+                        if cut_short and can_retry_unknown:
+                            # The node has not answered in time: leave it,
+                            # and try the others while time is left.
+                            last = f"{target} did not answer within {self.attempt_timeout:g}s"
+                            maybe_applied |= write
+                            self._forget_conn(target, conn)
+                            self._set_leader(None)
+                            stalled.pop(target, None)
+                            stalled[target] = time.monotonic()
+                            continue
+                        self._set_leader(None)
+                        if cut_short:
+                            # A write without de-duplication: not retried.
+                            msg = f"{target} did not answer within {self.attempt_timeout:g}s"
+                        else:
+                            # The deadline passed with the request in flight.
+                            msg = f"timed out after {self.timeout:g}s waiting for {target}"
                         if write or maybe_applied:
                             raise UnknownOutcome(msg, timed_out=True) from None
                         raise Timeout(msg) from None
@@ -322,7 +374,12 @@ class Transport:
                     if code == _CODE["COMPARE_FAILED"]:
                         return resp
                     if code == _CODE["NOT_LEADER"]:
-                        if e.leader_addr and e.leader_addr != target and hints < self._max_hints:
+                        if (
+                            e.leader_addr
+                            and e.leader_addr != target
+                            and e.leader_addr not in avoid
+                            and hints < self._max_hints
+                        ):
                             hints += 1
                             self._set_leader(e.leader_addr)
                         else:
