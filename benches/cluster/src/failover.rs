@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use tokio::sync::Mutex;
 
-use crate::procs::{Node, free_ports};
+use crate::procs::{Node, start_three};
 use crate::scale::{client, wait_leader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,28 +62,7 @@ fn signal(node: &Node, sig: libc::c_int) -> Result<()> {
 /// One trial: the gap and how many terms the fault cost.
 async fn trial(a: &Args, n: usize) -> Result<(Duration, u64)> {
     let dir = std::path::absolute(a.dir.join(format!("trial-{n}")))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let ports = free_ports(3)?;
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = (0..3)
-        .map(|i| format!("{}={}", i + 1, addrs[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for i in 0..3u64 {
-        let mut args = vec!["--peers".to_owned(), peers.clone()];
-        args.extend(a.kvd_args.iter().cloned());
-        nodes.push(Node::start(
-            &a.kvd,
-            i + 1,
-            &addrs[i as usize],
-            &dir.join(format!("n{}", i + 1)),
-            &args,
-        )?);
-    }
+    let (nodes, addrs) = start_three(&a.kvd, &dir, &a.kvd_args)?;
     let refs: Vec<&Node> = nodes.iter().collect();
     let leader = wait_leader(&refs, Duration::from_secs(30)).await?;
     let admin = client(addrs.clone(), Duration::from_secs(5), false);

@@ -132,6 +132,39 @@ impl Node {
     }
 }
 
+/// A fresh 3-node cluster in `dir` (replaced if it exists), each node
+/// started with `extra` besides its id, address and `--peers`: the nodes
+/// and their client addresses.
+pub fn start_three(kvd: &Path, dir: &Path, extra: &[String]) -> Result<(Vec<Node>, Vec<String>)> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let addrs: Vec<String> = free_ports(3)?
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut args = vec!["--peers".to_owned(), peers.clone()];
+        args.extend(extra.iter().cloned());
+        nodes.push(Node::start(
+            kvd,
+            i as u64 + 1,
+            addr,
+            &dir.join(format!("n{}", i + 1)),
+            &args,
+        )?);
+    }
+    Ok((nodes, addrs))
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use kv_search::corpus::Corpus;
 
-use crate::procs::{Node, free_ports};
+use crate::procs::{Node, start_three};
 use crate::scale::{client, wait_leader};
 
 #[derive(Debug, clap::Args)]
@@ -45,30 +45,12 @@ struct Phase {
 
 async fn phase(a: &Args, texts: &Arc<Vec<String>>, search: bool) -> Result<Phase> {
     let dir = std::path::absolute(a.dir.join(if search { "search" } else { "plain" }))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let ports = free_ports(3)?;
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = (0..3)
-        .map(|i| format!("{}={}", i + 1, addrs[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut nodes = Vec::new();
-    for i in 0..3u64 {
-        let mut args = vec!["--peers".to_owned(), peers.clone()];
-        if search {
-            args.push("--search".to_owned());
-        }
-        nodes.push(Node::start(
-            &a.kvd,
-            i + 1,
-            &addrs[i as usize],
-            &dir.join(format!("n{}", i + 1)),
-            &args,
-        )?);
-    }
+    let extra = if search {
+        vec!["--search".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let (nodes, addrs) = start_three(&a.kvd, &dir, &extra)?;
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_leader(&refs, Duration::from_secs(30)).await?;
     let next = Arc::new(AtomicUsize::new(0));
