@@ -1,8 +1,6 @@
 //! [`SearchIndex`]: the persistent full-text and similarity indexes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,16 +10,21 @@ use parking_lot::{Mutex, RwLock};
 use crate::codec::{self, DocRecord};
 use crate::embed::{normalize, quantize};
 use crate::error::{Error, Result};
+use crate::generations::{
+    CURRENT, gen_dir, graph_path, list_gens, read_current, remove_gens_except, write_current,
+    write_durably,
+};
 use crate::options::SearchOptions;
 use crate::text;
 use crate::vectors::{GraphRestored, VectorSet};
+
+mod query;
 
 /// BM25 term-frequency saturation.
 pub const BM25_K1: f64 = 1.2;
 /// BM25 length normalisation.
 pub const BM25_B: f64 = 0.75;
 
-const CURRENT: &str = "CURRENT";
 /// Source entries per engine batch in a rebuild.
 const REBUILD_CHUNK: usize = 4096;
 
@@ -120,106 +123,6 @@ impl std::fmt::Debug for SearchIndex {
             .field("generation", &self.generation)
             .field("applied", &self.applied_index())
             .finish_non_exhaustive()
-    }
-}
-
-fn gen_dir(root: &Path, generation: u64) -> PathBuf {
-    root.join(format!("gen-{generation:06}"))
-}
-
-/// The graph file of `generation` ([`SearchIndex::save_graph`]).
-fn graph_path(root: &Path, generation: u64) -> PathBuf {
-    root.join(format!("gen-{generation:06}.graph"))
-}
-
-fn parse_gen(name: &str) -> Option<u64> {
-    let n = name.strip_prefix("gen-")?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse().ok()
-}
-
-/// Generations present under `root`.
-fn list_gens(root: &Path) -> Result<Vec<u64>> {
-    let mut out = Vec::new();
-    let rd = match std::fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(root, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(root, e))?;
-        if let Some(g) = entry.file_name().to_str().and_then(parse_gen) {
-            out.push(g);
-        }
-    }
-    Ok(out)
-}
-
-fn remove_gens_except(root: &Path, keep: &[u64]) -> Result<()> {
-    for g in list_gens(root)? {
-        if !keep.contains(&g) {
-            let d = gen_dir(root, g);
-            std::fs::remove_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        }
-    }
-    // Graph files of other generations, and any left half-written.
-    let rd = match std::fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(root, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io(root, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let stale = match name.strip_suffix(".graph") {
-            Some(g) => parse_gen(g).is_some_and(|g| !keep.contains(&g)),
-            None => name.ends_with(".graph.tmp"),
-        };
-        if stale {
-            let p = entry.path();
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// `bytes` to `path` durably: a temporary file, fsync, rename, fsync of
-/// the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    let tmp = PathBuf::from(name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
-/// Points `CURRENT` at `generation`: temp file, fsync, rename, fsync dir.
-fn write_current(root: &Path, generation: u64) -> Result<()> {
-    write_durably(
-        &root.join(CURRENT),
-        format!("gen-{generation:06}\n").as_bytes(),
-    )
-}
-
-fn read_current(root: &Path) -> Result<Option<u64>> {
-    let cur = root.join(CURRENT);
-    match std::fs::read(&cur) {
-        Ok(b) => Ok(std::str::from_utf8(&b)
-            .ok()
-            .and_then(|s| s.strip_suffix('\n'))
-            .and_then(parse_gen)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&cur, e)),
     }
 }
 
@@ -727,142 +630,6 @@ impl SearchIndex {
             self.save_graph_if(1)?;
         }
         Ok(true)
-    }
-
-    /// Keys whose value contains every word of `query` (folded as values
-    /// are), best first by BM25 (k1 = 1.2, b = 0.75; IDF
-    /// `ln(1 + (N - df + 0.5) / (df + 0.5))`), ties by key; only keys
-    /// starting with `prefix` when given; at most `limit`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::EmptyQuery`] when `query` has no word; engine errors;
-    /// [`Error::Corruption`] for a damaged record.
-    pub fn search(
-        &self,
-        query: &str,
-        prefix: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, f64)>> {
-        let mut terms: Vec<String> = text::words(query).collect();
-        if terms.is_empty() {
-            return Err(Error::EmptyQuery);
-        }
-        terms.sort();
-        terms.dedup();
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let snap = self.db.snapshot();
-        let [n, total] = match snap.get(codec::STATS)? {
-            Some(b) => codec::decode_u64s::<2>(codec::STATS, &b)?,
-            None => return Err(Error::corrupt(codec::STATS, "missing")),
-        };
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let avgdl = total as f64 / n as f64;
-        let mut weighted: Vec<(u64, f64, &str)> = Vec::with_capacity(terms.len());
-        for t in &terms {
-            let fk = codec::df_key(t);
-            let df = match snap.get(&fk)? {
-                Some(b) => codec::decode_u64s::<1>(&fk, &b)?[0],
-                None => return Ok(Vec::new()),
-            };
-            let idf = (1.0 + (n as f64 - df as f64 + 0.5) / (df as f64 + 0.5)).ln();
-            weighted.push((df, idf, t));
-        }
-        weighted.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.cmp(b.2)));
-        let bm25 = |idf: f64, tf: u32, dl: u32| {
-            let tf = f64::from(tf);
-            idf * tf * (BM25_K1 + 1.0)
-                / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * f64::from(dl) / avgdl))
-        };
-        let Some((&(_, idf0, rarest), rest)) = weighted.split_first() else {
-            return Ok(Vec::new());
-        };
-        let start = codec::posting_key(rarest, prefix.unwrap_or(&[]));
-        let end = codec::prefix_end(&start).map_or(Bound::Unbounded, Bound::Excluded);
-        let head = start.len() - prefix.map_or(0, <[u8]>::len);
-        let mut hits: Vec<(Vec<u8>, f64)> = Vec::new();
-        'postings: for item in snap.scan((Bound::Included(start.clone()), end))? {
-            let (pk, pv) = item?;
-            let key = pk.get(head..).unwrap_or(&[]);
-            let (tf, dl) = codec::decode_posting(&pk, &pv)?;
-            let mut score = bm25(idf0, tf, dl);
-            for &(_, idf, t) in rest {
-                let ok = codec::posting_key(t, key);
-                match snap.get(&ok)? {
-                    Some(v) => {
-                        let (tf, dl) = codec::decode_posting(&ok, &v)?;
-                        score += bm25(idf, tf, dl);
-                    }
-                    None => continue 'postings,
-                }
-            }
-            hits.push((key.to_vec(), score));
-        }
-        let by = |a: &(Vec<u8>, f64), b: &(Vec<u8>, f64)| {
-            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0))
-        };
-        if hits.len() > limit {
-            hits.select_nth_unstable_by(limit - 1, by);
-            hits.truncate(limit);
-        }
-        hits.sort_by(by);
-        Ok(hits)
-    }
-
-    /// The `k` keys whose values are most similar to `text` (cosine of the
-    /// embedder's vectors, in [-1, 1]), best first, ties by key; only keys
-    /// starting with `prefix` when given. Exact below
-    /// [`SearchOptions::ann_threshold`] vectors (and for a prefix selecting
-    /// fewer keys than that), approximate (HNSW) above.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::EmptyQuery`] when `text` embeds to the zero vector (no
-    /// word); [`Error::InvalidArgument`] when the embedder returns a vector
-    /// of the wrong size.
-    pub fn similar(
-        &self,
-        text: &str,
-        k: usize,
-        prefix: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, f32)>> {
-        let q = self.query_vector(text)?;
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(self.vectors.read().search(&q, k, prefix.unwrap_or(&[])))
-    }
-
-    /// As [`SearchIndex::similar`], always by an exact scan (for measuring
-    /// the approximate index against).
-    ///
-    /// # Errors
-    ///
-    /// As [`SearchIndex::similar`].
-    pub fn similar_exact(
-        &self,
-        text: &str,
-        k: usize,
-        prefix: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, f32)>> {
-        let q = self.query_vector(text)?;
-        Ok(self.vectors.read().exact(&q, k, prefix.unwrap_or(&[])))
-    }
-
-    fn query_vector(&self, text: &str) -> Result<Vec<f32>> {
-        let v = self.opts.embedder.embed(text);
-        if v.len() != self.opts.embedder.dim() {
-            return Err(Error::InvalidArgument(format!(
-                "embedder returned {} dimensions, declares {}",
-                v.len(),
-                self.opts.embedder.dim()
-            )));
-        }
-        normalize(v).ok_or(Error::EmptyQuery)
     }
 
     /// Document and vector counts.

@@ -44,6 +44,8 @@
 //!   missing or damaged).
 //! - `index`: [`SearchIndex`], generations of the engine database under
 //!   `CURRENT` so that a rebuild replaces the index atomically.
+//! - `generations`: the directory's files (`CURRENT`, `gen-NNNNNN/`,
+//!   `gen-NNNNNN.graph`) and their durable writes.
 //!
 //! # Limits
 //!
@@ -68,6 +70,7 @@ mod codec;
 pub mod corpus;
 mod embed;
 mod error;
+mod generations;
 mod hnsw;
 mod index;
 mod options;
