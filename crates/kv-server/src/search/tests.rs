@@ -9,9 +9,13 @@ use kv_engine::{Options, SyncMode, WriteBatch};
 use kv_raft::StateMachine as _;
 use kv_raft::raft::eraftpb::Message;
 
+use kv_net::proto::{self, ErrorCode, Response, SearchResult};
+
+use super::requests::{count, search_error, wait_error};
 use super::*;
 use crate::KvStateMachine;
 use crate::command::{BatchOp, Command, Op};
+use crate::service::KvService;
 use crate::snapshot::Descriptor;
 
 /// Bound of every wait (indexing in a debug build on a busy machine).
