@@ -60,6 +60,15 @@ fn generation(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("CURRENT")).unwrap()
 }
 
+/// An indexer over an empty store in a new temporary directory (kept
+/// alive by the returned guard).
+fn fresh_indexer() -> (tempfile::TempDir, Arc<Indexer>, IndexFeed) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(&tmp.path().join("kv"));
+    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    (tmp, ix, feed)
+}
+
 /// Waits until the indexer has published at least `n`; returns what it
 /// published.
 fn wait_for(ix: &Indexer, n: u64) -> u64 {
@@ -262,9 +271,7 @@ fn entries_fed_in_order_are_searched_as_a_brute_force_model_says() {
 
 #[test]
 fn overwrites_and_deletes_are_reflected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (_tmp, ix, feed) = fresh_indexer();
     feed.entry(
         1,
         changes(&[("a", Some("red apple")), ("b", Some("red berry"))]),
@@ -285,9 +292,7 @@ fn overwrites_and_deletes_are_reflected() {
 
 #[test]
 fn consecutive_entries_merge_and_the_last_change_of_a_key_wins() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (_tmp, ix, feed) = fresh_indexer();
     assert_eq!(wait_for(&ix, 0), 0);
     {
         // While the test holds the index, the indexer cannot take the first
@@ -599,9 +604,7 @@ fn stop_applies_what_is_queued_and_the_next_start_opens_it() {
 
 #[test]
 fn a_stop_that_times_out_returns_and_the_thread_ends_later() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (_tmp, ix, feed) = fresh_indexer();
     assert_eq!(wait_for(&ix, 0), 0);
     let held = ix.shared.index.write();
     feed.entry(1, changes(&[("a", Some("late apple"))]));
@@ -624,9 +627,7 @@ fn a_stop_that_times_out_returns_and_the_thread_ends_later() {
 
 #[test]
 fn wait_applied_waits_times_out_and_wait_errors_map_to_codes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (_tmp, ix, feed) = fresh_indexer();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -742,9 +743,7 @@ fn an_empty_query_is_an_invalid_argument() {
         code(&search_error(&kv_search::Error::EmptyQuery)),
         ErrorCode::INVALID_ARGUMENT
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (_tmp, ix, feed) = fresh_indexer();
     feed.entry(1, changes(&[("a", Some("some words"))]));
     assert_eq!(wait_for(&ix, 1), 1);
     for q in ["", "   ", "!?, ..."] {
