@@ -31,6 +31,8 @@ struct Args {
     fresh: bool,
     secure: bool,
     search: bool,
+    /// `--search-embedder`: `None` for kvd's default.
+    embedder: Option<String>,
 }
 
 fn parse(args: &[String], root: &Path) -> Result<Args> {
@@ -41,6 +43,7 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
         fresh: false,
         secure: false,
         search: false,
+        embedder: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -61,6 +64,14 @@ fn parse(args: &[String], root: &Path) -> Result<Args> {
             "--fresh" => a.fresh = true,
             "--secure" => a.secure = true,
             "--search" => a.search = true,
+            "--search-embedder" => {
+                let e = value()?;
+                if e != "ngram" && e != "minilm" {
+                    bail!("--search-embedder is ngram or minilm, not {e}");
+                }
+                a.search = true;
+                a.embedder = Some(e);
+            }
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
@@ -81,18 +92,22 @@ pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-const USAGE: &str = "usage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure] [--search]";
+const USAGE: &str = "usage: cargo xtask cluster [--nodes 3] [--base-port 7001] [--data-dir target/cluster] [--fresh] [--secure] [--search] [--search-embedder ngram|minilm]";
 
 /// Runs the cluster until Ctrl-C / SIGTERM.
 pub fn run(args: &[String], root: &Path) -> Result<()> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "{USAGE}\n\nBuilds kvd and kvctl (release) and runs a local cluster on 127.0.0.1 until Ctrl-C:\n  --nodes N       members (default 3)\n  --base-port P   client port of node 1; node i listens on P+i-1, its HTTP gateway on P+i-1+1000\n  --data-dir D    where the nodes keep their data (default target/cluster)\n  --fresh         remove the data directory first\n  --secure        TLS, peer certificates and client tokens (made with cargo xtask certs)\n  --search        full-text and similarity search over values (kvd --search; kvctl search / similar)"
+            "{USAGE}\n\nBuilds kvd and kvctl (release) and runs a local cluster on 127.0.0.1 until Ctrl-C:\n  --nodes N       members (default 3)\n  --base-port P   client port of node 1; node i listens on P+i-1, its HTTP gateway on P+i-1+1000\n  --data-dir D    where the nodes keep their data (default target/cluster)\n  --fresh         remove the data directory first\n  --secure        TLS, peer certificates and client tokens (made with cargo xtask certs)\n  --search        full-text and similarity search over values (kvd --search; kvctl search / similar)\n  --search-embedder E  search, with similarity by `minilm` (a sentence-embedding model; kvd is built with --features minilm) or `ngram` (the default)"
         );
         return Ok(());
     }
     let a = parse(args, root)?;
-    crate::run(&["build", "--release", "-p", "kvd", "-p", "kvctl"])?;
+    let mut build = vec!["build", "--release", "-p", "kvd", "-p", "kvctl"];
+    if a.embedder.as_deref() == Some("minilm") {
+        build.extend(["--features", "kvd/minilm"]);
+    }
+    crate::run(&build)?;
     let bin = target_dir(root).join("release");
     let kvd = bin.join("kvd");
     if a.fresh && a.data_dir.exists() {
@@ -157,6 +172,11 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             .arg(&dir)
             .args(&node_args)
             .args(if a.search { &["--search"][..] } else { &[] })
+            .args(
+                a.embedder
+                    .iter()
+                    .flat_map(|e| ["--search-embedder", e.as_str()]),
+            )
             .args(if a.secure {
                 vec!["--peer-listen", &peer_addrs[i]]
             } else {

@@ -119,6 +119,13 @@ struct Args {
     /// costs far more than a plain write; off by default.
     #[arg(long)]
     search: bool,
+    /// What similarity search compares values by: `ngram` (spelling and
+    /// shared words; fast) or `minilm` (meaning, by a sentence-embedding
+    /// model bundled in the binary; about 150 values/s per core, and only
+    /// in a kvd built with `--features minilm`). Changing it rebuilds the
+    /// index.
+    #[arg(long, value_enum, default_value_t = Embedder::Ngram)]
+    search_embedder: Embedder,
     /// Take a raft snapshot (and compact the log) after this many applied
     /// entries.
     #[arg(long, hide = true)]
@@ -168,6 +175,13 @@ struct Args {
     max_bytes_in_flight: Option<usize>,
 }
 
+/// `--search-embedder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Embedder {
+    Ngram,
+    Minilm,
+}
+
 fn config(args: &Args) -> Result<Config> {
     let mut config = Config::new(args.id, args.listen.clone(), args.data_dir.clone());
     config.peer_listen.clone_from(&args.peer_listen);
@@ -179,6 +193,10 @@ fn config(args: &Args) -> Result<Config> {
     config.restore.clone_from(&args.restore);
     config.raft.lease_reads = args.lease_reads;
     config.search = args.search;
+    config.search_embedder = match args.search_embedder {
+        Embedder::Ngram => kv_server::SearchEmbedder::Ngram,
+        Embedder::Minilm => kv_server::SearchEmbedder::MiniLm,
+    };
     if let Some(n) = args.snapshot_threshold {
         config.raft.snapshot_threshold = n;
     }

@@ -44,6 +44,9 @@ pub enum Error {
     /// The query holds no word (only spaces or punctuation, or empty).
     #[error("the query has no words")]
     EmptyQuery,
+    /// The embedding model could not be loaded.
+    #[error("embedding model: {0}")]
+    Model(String),
     /// The caller passed something the index cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -32,6 +32,8 @@
 //! - `text`: words of a value (UAX #29 segmentation, NFKC, lowercase).
 //! - `embed`: the [`Embedder`] trait and the default [`NgramEmbedder`]
 //!   (hashed character 3-grams and words), 8-bit quantisation.
+//! - `minilm` (feature `minilm`): `MiniLmEmbedder`, a sentence-embedding
+//!   model whose weights ship in its crate, for similarity by meaning.
 //! - `codec`: the records kept in the engine (table in its module doc):
 //!   postings `t/<term>\0<key>` → tf and document length, `f/<term>` →
 //!   document frequency, `d/<key>` → length and term list (to delete it),
@@ -73,6 +75,8 @@ mod error;
 mod generations;
 mod hnsw;
 mod index;
+#[cfg(feature = "minilm")]
+mod minilm;
 mod options;
 pub mod text;
 mod vectors;
@@ -81,5 +85,7 @@ pub use embed::{Embedder, NgramEmbedder, quantize};
 pub use error::{Error, Result};
 pub use hnsw::HnswParams;
 pub use index::{BM25_B, BM25_K1, Change, IndexStats, Opened, SearchIndex};
+#[cfg(feature = "minilm")]
+pub use minilm::MiniLmEmbedder;
 pub use options::SearchOptions;
 pub use vectors::GraphRestored;

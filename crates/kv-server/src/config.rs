@@ -67,6 +67,36 @@ pub struct Config {
     /// `Search` / `Similar` (`kvd --search`); off by default: indexing costs
     /// far more than a plain write.
     pub search: bool,
+    /// What the similarity index embeds values with
+    /// (`kvd --search-embedder`).
+    pub search_embedder: SearchEmbedder,
+}
+
+/// The embedder of `kvd --search`'s similarity index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SearchEmbedder {
+    /// Hashed character 3-grams and words (`kv_search::NgramEmbedder`):
+    /// spelling and shared words, about 400,000 values/s.
+    #[default]
+    Ngram,
+    /// The bundled sentence-embedding model (`kv_search::MiniLmEmbedder`,
+    /// feature `minilm`): meaning, about 150 values/s per core.
+    MiniLm,
+}
+
+impl SearchEmbedder {
+    /// Why [`SearchEmbedder::MiniLm`] is refused by a build without it.
+    pub const NOT_BUILT: &'static str = "this kvd was built without the sentence-embedding model: \
+         build it with `cargo build --release -p kvd --features minilm`";
+
+    /// Its name on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchEmbedder::Ngram => "ngram",
+            SearchEmbedder::MiniLm => "minilm",
+        }
+    }
 }
 
 impl Config {
@@ -96,6 +126,7 @@ impl Config {
             ),
             tokens: None,
             search: false,
+            search_embedder: SearchEmbedder::Ngram,
         }
     }
 
@@ -129,6 +160,20 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.id == 0 {
             return Err(Error::Config("node id must be positive".into()));
+        }
+        if self.search_embedder != SearchEmbedder::Ngram {
+            if !self.search {
+                return Err(Error::Config(
+                    "--search-embedder needs --search: without it there is no index".into(),
+                ));
+            }
+            if cfg!(not(feature = "minilm")) {
+                return Err(Error::Config(format!(
+                    "--search-embedder {}: {}",
+                    self.search_embedder.name(),
+                    SearchEmbedder::NOT_BUILT
+                )));
+            }
         }
         if !self.join.is_empty() && self.restore.is_some() {
             return Err(Error::Config(

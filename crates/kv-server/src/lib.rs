@@ -78,7 +78,7 @@ pub mod state_machine;
 pub mod store;
 pub mod transport;
 
-pub use config::{Config, parse_peers};
+pub use config::{Config, SearchEmbedder, parse_peers};
 pub use error::{Error, Result};
 pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls};
 pub use metrics::Metrics;

@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kv_search::{Change, SearchIndex, SearchOptions};
+
+use crate::config::SearchEmbedder;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::time::Instant as TokioInstant;
@@ -169,6 +171,9 @@ impl Indexer {
     /// machine opened the engine at `engine_applied` and feeds the entries
     /// after it through the returned [`IndexFeed`].
     ///
+    /// `opts` (see [`index_options`]) are the index's; an index built with
+    /// another embedder is rebuilt.
+    ///
     /// # Errors
     ///
     /// When the thread cannot be started.
@@ -176,6 +181,7 @@ impl Indexer {
         dir: PathBuf,
         store: Arc<Store>,
         engine_applied: u64,
+        opts: SearchOptions,
     ) -> std::io::Result<(Arc<Indexer>, IndexFeed)> {
         let (tx, rx) = mpsc::sync_channel(FEED_CAPACITY);
         let shared = Arc::new(Shared {
@@ -188,6 +194,7 @@ impl Indexer {
             shared: shared.clone(),
             store,
             dir: dir.clone(),
+            opts,
             last_rebuild: None,
             broken: false,
         };
@@ -350,10 +357,33 @@ fn engine_source(store: &Store) -> Result<Source, String> {
     Ok((applied, Box::new(items)))
 }
 
+/// The options of a node's index with `embedder` (`kvd --search-embedder`).
+///
+/// # Errors
+///
+/// When the model cannot be loaded, or this build lacks it (the `minilm`
+/// feature).
+pub fn index_options(embedder: SearchEmbedder) -> Result<SearchOptions, String> {
+    let embedder: Arc<dyn kv_search::Embedder> = match embedder {
+        SearchEmbedder::Ngram => Arc::new(kv_search::NgramEmbedder::default()),
+        #[cfg(feature = "minilm")]
+        SearchEmbedder::MiniLm => {
+            Arc::new(kv_search::MiniLmEmbedder::new().map_err(|e| e.to_string())?)
+        }
+        #[cfg(not(feature = "minilm"))]
+        SearchEmbedder::MiniLm => return Err(SearchEmbedder::NOT_BUILT.to_owned()),
+    };
+    Ok(SearchOptions {
+        embedder,
+        ..SearchOptions::default()
+    })
+}
+
 struct Worker {
     shared: Arc<Shared>,
     store: Arc<Store>,
     dir: PathBuf,
+    opts: SearchOptions,
     last_rebuild: Option<Instant>,
     /// The last update or rebuild failed: entries are dropped until a
     /// rebuild succeeds.
@@ -469,14 +499,12 @@ impl Worker {
     /// Opens the index (rebuilt when missing or damaged, or when it does
     /// not end where the feed starts).
     fn open(&mut self, engine_applied: u64) -> Result<String, String> {
-        let (index, how) = SearchIndex::open_or_rebuild(
-            &self.dir,
-            SearchOptions::default(),
-            || match engine_source(&self.store) {
+        let (index, how) = SearchIndex::open_or_rebuild(&self.dir, self.opts.clone(), || {
+            match engine_source(&self.store) {
                 Ok((applied, items)) => (applied, items),
                 Err(e) => (0, Box::new(std::iter::once(Err(e))) as Box<_>),
-            },
-        )
+            }
+        })
         .map_err(|e| e.to_string())?;
         let (existing, mut how) = match how {
             kv_search::Opened::Existing => (
@@ -516,10 +544,11 @@ impl Worker {
             let mut guard = self.shared.index.write();
             match guard.as_mut() {
                 Some(ix) => ix.rebuild_from(items, applied),
-                None => SearchIndex::rebuild(&self.dir, SearchOptions::default(), items, applied)
-                    .map(|ix| {
+                None => {
+                    SearchIndex::rebuild(&self.dir, self.opts.clone(), items, applied).map(|ix| {
                         *guard = Some(ix);
-                    }),
+                    })
+                }
             }
             .map_err(|e| e.to_string())
             .map(|()| applied)

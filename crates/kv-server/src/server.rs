@@ -175,14 +175,21 @@ impl Server {
         let mut sm = KvStateMachine::open(store.clone())?;
         let search = if config.search {
             use kv_raft::StateMachine as _;
+            let opts = crate::search::index_options(config.search_embedder)
+                .map_err(|e| Error::Config(format!("search embedder: {e}")))?;
             let (indexer, feed) = crate::search::Indexer::start(
                 dir.join("search"),
                 store.clone(),
                 sm.applied_index(),
+                opts,
             )
             .map_err(|e| Error::io("<search indexer thread>", e))?;
             sm.set_search_feed(feed);
-            tracing::info!(dir = %indexer.dir().display(), "search over values is enabled");
+            tracing::info!(
+                dir = %indexer.dir().display(),
+                embedder = config.search_embedder.name(),
+                "search over values is enabled"
+            );
             Some(indexer)
         } else {
             None

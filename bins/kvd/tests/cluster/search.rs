@@ -260,3 +260,89 @@ fn a_node_without_search_says_so() {
         "{err}"
     );
 }
+
+/// `kvd --search --search-embedder minilm` (a kvd built with `--features
+/// minilm`): `kvctl similar` finds a value from a paraphrase that shares
+/// almost no word with it, on the leader and on each follower, and after a
+/// restart (the saved index, built with the model, is opened again).
+#[cfg(feature = "minilm")]
+#[test]
+fn similar_by_meaning_with_the_bundled_model() {
+    const PAIRS: [(&str, &str); 6] = [
+        (
+            "The car would not start this morning",
+            "my automobile failed to turn on today",
+        ),
+        (
+            "She adopted a small puppy from the shelter",
+            "a young dog was taken home from the rescue",
+        ),
+        (
+            "The doctor prescribed antibiotics for the infection",
+            "the physician gave medicine against bacteria",
+        ),
+        (
+            "Traffic was terrible on the highway",
+            "the motorway was jammed with vehicles",
+        ),
+        (
+            "He quit his job to start a company",
+            "he resigned to found his own business",
+        ),
+        (
+            "The river froze during the cold winter",
+            "ice covered the stream in the freezing season",
+        ),
+    ];
+    let _serial = serial();
+    let rt = rt();
+    let mut c = Cluster::new(3, &["--search", "--search-embedder", "minilm"]);
+    c.start_all();
+    rt.block_on(c.wait_leader(Duration::from_secs(20)));
+    let ep = c.endpoints();
+    let client = c.client(Duration::from_secs(10));
+    rt.block_on(async {
+        for (i, (doc, _)) in PAIRS.iter().enumerate() {
+            client.put(&format!("doc:{i}"), doc).await.expect("put");
+        }
+    });
+    let top1 = |ep: &[String], query: &str| -> String {
+        let o = kvctl(ep, &["similar", query, "--top-k", "1"], None);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = stdout(&o);
+        out.split('\t').next().expect("KEY<TAB>SCORE").to_owned()
+    };
+    let check = |what: &str| {
+        for (node, e) in ep.iter().enumerate() {
+            for (i, (_, query)) in PAIRS.iter().enumerate() {
+                assert_eq!(
+                    top1(std::slice::from_ref(e), query),
+                    format!("doc:{i}"),
+                    "{what}, node {}: {query:?}",
+                    node + 1
+                );
+            }
+        }
+    };
+    check("written");
+    c.nodes[1].stop();
+    c.nodes[1].start();
+    rt.block_on(c.wait_leader(Duration::from_secs(20)));
+    check("after a restart");
+    let log = c.nodes[1].log_text();
+    assert!(log.contains("minilm"), "the log names the embedder:\n{log}");
+    let ready = log.lines().rfind(|l| l.contains("search index ready"));
+    assert!(
+        ready.is_some_and(|l| l.contains("opened")),
+        "the index built with the model is opened again, not rebuilt:\n{log}"
+    );
+    drop(client);
+    for n in &mut c.nodes {
+        assert_eq!(n.stop(), Some(0));
+    }
+}

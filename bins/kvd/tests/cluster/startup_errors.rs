@@ -50,6 +50,35 @@ fn refuses_to_start_with_a_clear_error() {
         &kvd(&["--id", "4", "--peers", "1=a:1,2=b:2"], dir),
         "--peers",
     );
+    one_line_error(
+        &kvd(
+            &["--search-embedder", "minilm", "--data-dir", "no-search"],
+            dir,
+        ),
+        "--search-embedder needs --search",
+    );
+    one_line_error(
+        &kvd(&["--search", "--search-embedder", "bert"], dir),
+        "--search-embedder",
+    );
+    #[cfg(not(feature = "minilm"))]
+    one_line_error(
+        &kvd(
+            &[
+                "--search",
+                "--search-embedder",
+                "minilm",
+                "--data-dir",
+                "no-model",
+            ],
+            dir,
+        ),
+        "built without the sentence-embedding model",
+    );
+    assert!(
+        !dir.join("no-search").exists() && !dir.join("no-model").exists(),
+        "data dir touched"
+    );
 
     // A running node holds its data directory.
     let mut c = Cluster::new(1, &[]);

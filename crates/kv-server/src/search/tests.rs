@@ -65,7 +65,13 @@ fn generation(dir: &Path) -> String {
 fn fresh_indexer() -> (tempfile::TempDir, Arc<Indexer>, IndexFeed) {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store, 0).unwrap();
+    let (ix, feed) = Indexer::start(
+        tmp.path().join("search"),
+        store,
+        0,
+        SearchOptions::default(),
+    )
+    .unwrap();
     (tmp, ix, feed)
 }
 
@@ -203,7 +209,7 @@ fn entries_fed_in_order_are_searched_as_a_brute_force_model_says() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir, store, 0).unwrap();
+    let (ix, feed) = Indexer::start(dir, store, 0, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 0), 0);
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -359,7 +365,8 @@ fn an_entry_without_user_changes_still_advances_the_applied_index() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 0).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 0, SearchOptions::default()).unwrap();
     feed.entry(1, changes(&[("a", Some("kept apple"))]));
     assert_eq!(wait_for(&ix, 1), 1);
     feed.entry(2, Vec::new());
@@ -381,7 +388,7 @@ fn an_entry_without_user_changes_still_advances_the_applied_index() {
     // It is durable: a start with the engine at 3 opens the index as is.
     let before = generation(&dir);
     write_engine(&store, 3, &[]);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 3).unwrap();
+    let (ix, _feed) = Indexer::start(dir.clone(), store, 3, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 3), 3);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     assert_eq!(found(&ix, "apple"), set(&["a"]));
@@ -396,7 +403,8 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
 
     // A missing index is built from the engine.
     write_engine(&store, 2, &[("a", Some("first apple"))]);
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 2).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 2, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 2), 2);
     assert_eq!(found(&ix, "first"), set(&["a"]));
     feed.entry(3, changes(&[("a", Some("old apple"))]));
@@ -415,7 +423,8 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
             ("c", Some("...")),
         ],
     );
-    let (ix, _feed) = Indexer::start(dir.clone(), store.clone(), 10).unwrap();
+    let (ix, _feed) =
+        Indexer::start(dir.clone(), store.clone(), 10, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 10), 10);
     assert_ne!(generation(&dir), old_generation, "rebuilt");
     assert_eq!(found(&ix, "old"), set(&[]));
@@ -424,12 +433,13 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
     shut(ix);
 
     // An index ahead of the engine (the engine lost its tail) too.
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 10).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 10, SearchOptions::default()).unwrap();
     feed.entry(11, changes(&[("z", Some("ahead zebra"))]));
     assert_eq!(wait_for(&ix, 11), 11);
     shut(ix);
     let ahead = generation(&dir);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 10).unwrap();
+    let (ix, _feed) = Indexer::start(dir.clone(), store, 10, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 10), 10);
     assert_eq!(ix.applied_index(), Some(10));
     assert_ne!(generation(&dir), ahead, "rebuilt");
@@ -444,7 +454,8 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
     write_engine(&store, 5, &[("a", Some("engine apple"))]);
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 5).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 5, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 5), 5);
     // Entry 6 reaches the index only: its content tells an opened index
     // from one rebuilt from the engine.
@@ -454,7 +465,8 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
     let before = generation(&dir);
 
     write_engine(&store, 6, &[("c", Some("engine cherry"))]);
-    let (ix, _feed) = Indexer::start(dir.clone(), store.clone(), 6).unwrap();
+    let (ix, _feed) =
+        Indexer::start(dir.clone(), store.clone(), 6, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 6), 6);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     assert_eq!(found(&ix, "fed"), set(&["b"]));
@@ -464,7 +476,7 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
 
     // A damaged index is rebuilt from the engine.
     std::fs::write(dir.join("CURRENT"), "garbage").unwrap();
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 6).unwrap();
+    let (ix, _feed) = Indexer::start(dir.clone(), store, 6, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 6), 6);
     assert_eq!(found(&ix, "fed"), set(&[]));
     assert_eq!(found(&ix, "engine"), set(&["a", "c"]));
@@ -501,7 +513,13 @@ fn a_snapshot_install_replaces_the_index_with_the_engine() {
     // A follower with an index of its own content.
     let store = open_store(&tmp.path().join("b"));
     let mut sm = KvStateMachine::open(store.clone()).unwrap();
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store.clone(), 0).unwrap();
+    let (ix, feed) = Indexer::start(
+        tmp.path().join("search"),
+        store.clone(),
+        0,
+        SearchOptions::default(),
+    )
+    .unwrap();
     sm.set_search_feed(feed.clone());
     sm.apply(1, 1, &put_cmd("stale", "stale apple")).unwrap();
     sm.apply(2, 1, &put_cmd("k01", "stale banana")).unwrap();
@@ -552,7 +570,8 @@ fn stop_applies_what_is_queued_and_the_next_start_opens_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 0).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 0, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 0), 0);
     let held = ix.shared.index.write();
     for i in 1..=50u64 {
@@ -589,7 +608,7 @@ fn stop_applies_what_is_queued_and_the_next_start_opens_it() {
     let before = generation(&dir);
 
     write_engine(&store, 50, &[]);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 50).unwrap();
+    let (ix, _feed) = Indexer::start(dir.clone(), store, 50, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 50), 50);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     let all: BTreeSet<String> = (1..=50).map(|i| format!("k{i:02}")).collect();
@@ -666,7 +685,8 @@ fn an_index_that_cannot_be_opened_refuses_searches_until_a_retried_rebuild_succe
     // nor rebuilt.
     let dir = tmp.path().join("search");
     std::fs::write(&dir, "in the way").unwrap();
-    let (ix, feed) = Indexer::start(dir.clone(), store.clone(), 3).unwrap();
+    let (ix, feed) =
+        Indexer::start(dir.clone(), store.clone(), 3, SearchOptions::default()).unwrap();
     let deadline = Instant::now() + WAIT;
     while ix.failure().is_none() {
         assert!(Instant::now() < deadline, "the failure was not reported");
@@ -715,7 +735,7 @@ fn a_rebuild_leaves_out_value_records_it_cannot_read_as_an_update_does() {
     batch.put(keys::user_key(b"future"), [1, 0x80, b'a', b'p', b'p']);
     store.current().db().write(batch).unwrap();
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir, store.clone(), 5).unwrap();
+    let (ix, feed) = Indexer::start(dir, store.clone(), 5, SearchOptions::default()).unwrap();
     assert_eq!(wait_for(&ix, 5), 5);
     assert_eq!(found(&ix, "apple"), set(&["a"]));
     // A snapshot-install rebuild as well.
@@ -817,7 +837,13 @@ fn requests_through_a_single_node() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let mut sm = KvStateMachine::open(store.clone()).unwrap();
-    let (ix, feed) = Indexer::start(tmp.path().join("search"), store.clone(), 0).unwrap();
+    let (ix, feed) = Indexer::start(
+        tmp.path().join("search"),
+        store.clone(),
+        0,
+        SearchOptions::default(),
+    )
+    .unwrap();
     sm.set_search_feed(feed);
     let opts = kv_raft::Options {
         tick_interval: Duration::from_millis(10),
