@@ -34,6 +34,10 @@ pub struct Args {
     /// Concurrent writers.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// `kvd --search-embedder` of the `--search` phase (`minilm` needs a
+    /// kvd built with `--features minilm`).
+    #[arg(long, default_value = "ngram")]
+    search_embedder: String,
 }
 
 struct Phase {
@@ -46,7 +50,11 @@ struct Phase {
 async fn phase(a: &Args, texts: &Arc<Vec<String>>, search: bool) -> Result<Phase> {
     let dir = std::path::absolute(a.dir.join(if search { "search" } else { "plain" }))?;
     let extra = if search {
-        vec!["--search".to_owned()]
+        vec![
+            "--search".to_owned(),
+            "--search-embedder".to_owned(),
+            a.search_embedder.clone(),
+        ]
     } else {
         Vec::new()
     };
@@ -116,8 +124,8 @@ pub async fn run(a: Args) -> Result<()> {
     let search = phase(&a, &texts, true).await?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{} texts, {} writers, 3 nodes\n\n| kvd | writes/s | p50 | p99 | index caught up |\n|---|---:|---:|---:|---:|",
-        a.texts, a.clients
+        "{} texts, {} writers, 3 nodes, --search-embedder {}\n\n| kvd | writes/s | p50 | p99 | index caught up |\n|---|---:|---:|---:|---:|",
+        a.texts, a.clients, a.search_embedder
     );
     for (name, p) in [("plain", &plain), ("--search", &search)] {
         println!(
