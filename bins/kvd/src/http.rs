@@ -38,7 +38,7 @@ fn own_endpoint(config: &Config, bound: SocketAddr) -> String {
 ///
 /// The address cannot be bound.
 pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen)
+    kv_server::bind_tcp(listen)
         .await
         .with_context(|| format!("cannot listen on --http-listen {listen}"))
 }

@@ -97,7 +97,7 @@ pub use error::{Error, Result};
 pub use frame::FrameCodec;
 pub use options::{DEFAULT_MAX_FRAME_LENGTH, OVERFLOW_CONNECTIONS, Options, Serves};
 pub use peer::{PeerIdentity, PeerSender};
-pub use server::{Counters, Listener, Service};
+pub use server::{Counters, LISTEN_BACKLOG, Listener, Service, bind_tcp};
 pub use snapshot::{SnapshotOffer, SnapshotSent, send_snapshot};
 pub use tls::{ClientTls, PeerTls, ServerTls};
 

@@ -80,7 +80,7 @@ pub mod transport;
 
 pub use config::{Config, SearchEmbedder, parse_peers};
 pub use error::{Error, Result};
-pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls};
+pub use kv_net::{ClientTls, PeerSecret, PeerTls, ServerTls, bind_tcp};
 pub use metrics::Metrics;
 pub use server::{Server, run};
 pub use service::KvService;

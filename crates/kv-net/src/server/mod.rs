@@ -137,8 +137,52 @@ pub struct Listener {
     counters: Arc<Counters>,
 }
 
+/// The accept queue a listening socket asks the kernel for (which caps it
+/// at `net.core.somaxconn`, 4096 by default).
+///
+/// `std` and tokio ask for 128. A burst of more new connections than that
+/// (hundreds of clients starting at once, a reconnect storm after a
+/// failover) overflows the queue: the kernel drops the handshakes it has no
+/// room for, and those clients retry only after TCP's initial retransmission
+/// timeout, one second, which shows as one-second tail latency. Go's
+/// listeners (etcd's) use `somaxconn`, and so does this.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener to `addr` (each address it resolves to in turn, the
+/// first that binds wins) with `SO_REUSEADDR`, as `TcpListener::bind` does,
+/// but with an accept queue of [`LISTEN_BACKLOG`].
+///
+/// # Errors
+///
+/// The last address's bind or listen error, or the resolver's.
+pub async fn bind_tcp(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let bound = (|| {
+            let socket = if a.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(a)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
 impl Listener {
-    /// Binds `addr`.
+    /// Binds `addr` (with an accept queue of [`LISTEN_BACKLOG`]).
     ///
     /// # Errors
     ///
@@ -150,12 +194,10 @@ impl Listener {
     ) -> Result<Self> {
         options.validate()?;
         let shown = format!("{addr:?}");
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: shown.trim_matches('"').to_owned(),
-                source,
-            })?;
+        let listener = bind_tcp(addr).await.map_err(|source| Error::Bind {
+            addr: shown.trim_matches('"').to_owned(),
+            source,
+        })?;
         Ok(Listener {
             listener,
             options: Arc::new(options),
