@@ -135,6 +135,12 @@ impl SearchIndex {
     }
 
     fn query_vector(&self, text: &str) -> Result<Vec<f32>> {
+        normalize(self.embed(text)?).ok_or(Error::EmptyQuery)
+    }
+
+    /// The embedder's vector of `text`, checked to have the dimensions it
+    /// declares (values and queries alike).
+    pub(super) fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let v = self.opts.embedder.embed(text);
         if v.len() != self.opts.embedder.dim() {
             return Err(Error::InvalidArgument(format!(
@@ -143,6 +149,6 @@ impl SearchIndex {
                 self.opts.embedder.dim()
             )));
         }
-        normalize(v).ok_or(Error::EmptyQuery)
+        Ok(v)
     }
 }

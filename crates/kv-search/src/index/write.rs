@@ -44,14 +44,7 @@ impl SearchIndex {
         if doc.len == 0 {
             return Ok(None);
         }
-        let v = self.opts.embedder.embed(text);
-        if v.len() != self.opts.embedder.dim() {
-            return Err(Error::InvalidArgument(format!(
-                "embedder returned {} dimensions, declares {}",
-                v.len(),
-                self.opts.embedder.dim()
-            )));
-        }
+        let v = self.embed(text)?;
         let vector = normalize(v).and_then(|v| quantize(&v));
         Ok(Some(Analyzed { doc, vector }))
     }

@@ -41,7 +41,7 @@ fn entries_fed_in_order_are_searched_as_a_brute_force_model_says() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir, store, 0, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir, store, 0);
     assert_eq!(wait_for(&ix, 0), 0);
 
     let mut rng = Rng(0x5eed_1234_abcd_0001);
@@ -197,8 +197,7 @@ fn an_entry_without_user_changes_still_advances_the_applied_index() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 0, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 0);
     feed.entry(1, changes(&[("a", Some("kept apple"))]));
     assert_eq!(wait_for(&ix, 1), 1);
     feed.entry(2, Vec::new());
@@ -220,7 +219,7 @@ fn an_entry_without_user_changes_still_advances_the_applied_index() {
     // It is durable: a start with the engine at 3 opens the index as is.
     let before = generation(&dir);
     write_engine(&store, 3, &[]);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 3, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store, 3);
     assert_eq!(wait_for(&ix, 3), 3);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     assert_eq!(found(&ix, "apple"), set(&["a"]));
@@ -235,8 +234,7 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
 
     // A missing index is built from the engine.
     write_engine(&store, 2, &[("a", Some("first apple"))]);
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 2, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 2);
     assert_eq!(wait_for(&ix, 2), 2);
     assert_eq!(found(&ix, "first"), set(&["a"]));
     feed.entry(3, changes(&[("a", Some("old apple"))]));
@@ -255,8 +253,7 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
             ("c", Some("...")),
         ],
     );
-    let (ix, _feed) =
-        Indexer::start(dir.clone(), store.clone(), 10, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store.clone(), 10);
     assert_eq!(wait_for(&ix, 10), 10);
     assert_ne!(generation(&dir), old_generation, "rebuilt");
     assert_eq!(found(&ix, "old"), set(&[]));
@@ -265,13 +262,12 @@ fn start_rebuilds_an_index_that_does_not_match_the_engine() {
     shut(ix);
 
     // An index ahead of the engine (the engine lost its tail) too.
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 10, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 10);
     feed.entry(11, changes(&[("z", Some("ahead zebra"))]));
     assert_eq!(wait_for(&ix, 11), 11);
     shut(ix);
     let ahead = generation(&dir);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 10, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store, 10);
     assert_eq!(wait_for(&ix, 10), 10);
     assert_eq!(ix.applied_index(), Some(10));
     assert_ne!(generation(&dir), ahead, "rebuilt");
@@ -286,8 +282,7 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
     write_engine(&store, 5, &[("a", Some("engine apple"))]);
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 5, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 5);
     assert_eq!(wait_for(&ix, 5), 5);
     // Entry 6 reaches the index only: its content tells an opened index
     // from one rebuilt from the engine.
@@ -297,8 +292,7 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
     let before = generation(&dir);
 
     write_engine(&store, 6, &[("c", Some("engine cherry"))]);
-    let (ix, _feed) =
-        Indexer::start(dir.clone(), store.clone(), 6, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store.clone(), 6);
     assert_eq!(wait_for(&ix, 6), 6);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     assert_eq!(found(&ix, "fed"), set(&["b"]));
@@ -308,7 +302,7 @@ fn start_opens_an_existing_index_that_matches_the_engine() {
 
     // A damaged index is rebuilt from the engine.
     std::fs::write(dir.join("CURRENT"), "garbage").unwrap();
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 6, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store, 6);
     assert_eq!(wait_for(&ix, 6), 6);
     assert_eq!(found(&ix, "fed"), set(&[]));
     assert_eq!(found(&ix, "engine"), set(&["a", "c"]));

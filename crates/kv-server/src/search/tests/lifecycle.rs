@@ -19,13 +19,7 @@ fn a_snapshot_install_replaces_the_index_with_the_engine() {
     // A follower with an index of its own content.
     let store = open_store(&tmp.path().join("b"));
     let mut sm = KvStateMachine::open(store.clone()).unwrap();
-    let (ix, feed) = Indexer::start(
-        tmp.path().join("search"),
-        store.clone(),
-        0,
-        SearchOptions::default(),
-    )
-    .unwrap();
+    let (ix, feed) = start_indexer(tmp.path().join("search"), store.clone(), 0);
     sm.set_search_feed(feed.clone());
     sm.apply(1, 1, &put_cmd("stale", "stale apple")).unwrap();
     sm.apply(2, 1, &put_cmd("k01", "stale banana")).unwrap();
@@ -76,8 +70,7 @@ fn stop_applies_what_is_queued_and_the_next_start_opens_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let dir = tmp.path().join("search");
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 0, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 0);
     assert_eq!(wait_for(&ix, 0), 0);
     let held = ix.shared.index.write();
     for i in 1..=50u64 {
@@ -114,7 +107,7 @@ fn stop_applies_what_is_queued_and_the_next_start_opens_it() {
     let before = generation(&dir);
 
     write_engine(&store, 50, &[]);
-    let (ix, _feed) = Indexer::start(dir.clone(), store, 50, SearchOptions::default()).unwrap();
+    let (ix, _feed) = start_indexer(dir.clone(), store, 50);
     assert_eq!(wait_for(&ix, 50), 50);
     assert_eq!(generation(&dir), before, "opened, not rebuilt");
     let all: BTreeSet<String> = (1..=50).map(|i| format!("k{i:02}")).collect();
@@ -191,8 +184,7 @@ fn an_index_that_cannot_be_opened_refuses_searches_until_a_retried_rebuild_succe
     // nor rebuilt.
     let dir = tmp.path().join("search");
     std::fs::write(&dir, "in the way").unwrap();
-    let (ix, feed) =
-        Indexer::start(dir.clone(), store.clone(), 3, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir.clone(), store.clone(), 3);
     let deadline = Instant::now() + WAIT;
     while ix.failure().is_none() {
         assert!(Instant::now() < deadline, "the failure was not reported");
@@ -241,7 +233,7 @@ fn a_rebuild_leaves_out_value_records_it_cannot_read_as_an_update_does() {
     batch.put(keys::user_key(b"future"), [1, 0x80, b'a', b'p', b'p']);
     store.current().db().write(batch).unwrap();
     let dir = tmp.path().join("search");
-    let (ix, feed) = Indexer::start(dir, store.clone(), 5, SearchOptions::default()).unwrap();
+    let (ix, feed) = start_indexer(dir, store.clone(), 5);
     assert_eq!(wait_for(&ix, 5), 5);
     assert_eq!(found(&ix, "apple"), set(&["a"]));
     // A snapshot-install rebuild as well.

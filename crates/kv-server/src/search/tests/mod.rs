@@ -60,18 +60,21 @@ fn generation(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("CURRENT")).unwrap()
 }
 
+/// `Indexer::start` with the default index options.
+fn start_indexer(
+    dir: PathBuf,
+    store: Arc<Store>,
+    engine_applied: u64,
+) -> (Arc<Indexer>, IndexFeed) {
+    Indexer::start(dir, store, engine_applied, SearchOptions::default()).unwrap()
+}
+
 /// An indexer over an empty store in a new temporary directory (kept
 /// alive by the returned guard).
 fn fresh_indexer() -> (tempfile::TempDir, Arc<Indexer>, IndexFeed) {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
-    let (ix, feed) = Indexer::start(
-        tmp.path().join("search"),
-        store,
-        0,
-        SearchOptions::default(),
-    )
-    .unwrap();
+    let (ix, feed) = start_indexer(tmp.path().join("search"), store, 0);
     (tmp, ix, feed)
 }
 

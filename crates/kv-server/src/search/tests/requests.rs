@@ -74,13 +74,7 @@ fn requests_through_a_single_node() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open_store(&tmp.path().join("kv"));
     let mut sm = KvStateMachine::open(store.clone()).unwrap();
-    let (ix, feed) = Indexer::start(
-        tmp.path().join("search"),
-        store.clone(),
-        0,
-        SearchOptions::default(),
-    )
-    .unwrap();
+    let (ix, feed) = start_indexer(tmp.path().join("search"), store.clone(), 0);
     sm.set_search_feed(feed);
     let opts = kv_raft::Options {
         tick_interval: Duration::from_millis(10),
